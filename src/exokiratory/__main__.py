@@ -1,0 +1,3 @@
+from exokiratory.cli import main
+
+main()

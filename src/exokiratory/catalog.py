@@ -1,0 +1,151 @@
+"""DuckDB views over every dataset of a workspace (the SQL interface and the readers' engine).
+
+Views (when their data exists): ``images``, ``paths``, ``paths_log``, ``jobs``, and one per pass
+output, named after the pass (``probe``, ``features``...). Keyed views keep one row per key
+(see :mod:`exokiratory.dataset`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from exokiratory.layout import IMAGES, JOBS, PATHS
+from exokiratory.manifest.tables import (
+    CURRENT_PATHS_SQL,
+    IMAGES_SCHEMA,
+    IMAGES_VIEW_SQL,
+    PATHS_KEY,
+    PATHS_SCHEMA,
+)
+from exokiratory.storage import Storage
+
+if TYPE_CHECKING:
+    from exokiratory.passes.base import Pass
+
+
+def _sql_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
+
+
+class Catalog:
+    """A DuckDB connection with views over a workspace's part datasets."""
+
+    def __init__(self, storage: Storage, passes: Sequence[Pass] = ()):
+        self.storage = storage
+        self.con = duckdb.connect()
+        self.rows("SET preserve_insertion_order = true")
+        if not storage.is_local:
+            self.con.register_filesystem(storage.fs)
+        self.views: list[str] = []
+        self._define_manifest_views()
+        self._define_jobs_view()
+        for p in passes:
+            self._define_pass_view(p)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _files(self, rel: str) -> list[str]:
+        parts = self.storage.list_files(rel, ".parquet")
+        if self.storage.is_local:
+            return [self.storage.path(p) for p in parts]
+        return [self.storage.fs.unstrip_protocol(self.storage.path(p)) for p in parts]
+
+    def _source(self, rel: str, schema: pa.Schema | None = None) -> str:
+        """A FROM-clause source for a dataset's parts (with a ``filename`` column)."""
+        files = self._files(rel)
+        if files:
+            return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+        if schema is None:
+            return ""
+        name = f"_empty_{rel.replace('/', '_')}"
+        empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
+        self.con.register(name, empty)
+        return name
+
+    def _view(self, name: str, sql: str) -> None:
+        self.rows(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+        if name not in self.views:
+            self.views.append(name)
+
+    # -- views -------------------------------------------------------------------------------
+    def _define_manifest_views(self) -> None:
+        img_src = self._source(IMAGES, IMAGES_SCHEMA)
+        self._view(
+            "images_registry",
+            f"""SELECT * EXCLUDE (filename, _rn) FROM (
+                  SELECT *, row_number() OVER (PARTITION BY image_id
+                    ORDER BY image_idx, filename) AS _rn FROM {img_src}) WHERE _rn = 1""",
+        )
+        path_src = self._source(PATHS, PATHS_SCHEMA)
+        keys = ", ".join(PATHS_KEY)
+        self._view(
+            "paths_log",
+            f"""SELECT * EXCLUDE (_rn) FROM (
+                  SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY seen_at, filename)
+                  AS _rn FROM {path_src}) WHERE _rn = 1""",
+        )
+        current = CURRENT_PATHS_SQL.format(src="(SELECT *, filename AS _part_no FROM paths_log)")
+        self._view("paths", f"SELECT * EXCLUDE (filename, _part_no) FROM ({current})")
+        self._view(
+            "images", IMAGES_VIEW_SQL.format(images="images_registry", current_paths="paths")
+        )
+
+    def _define_jobs_view(self) -> None:
+        from exokiratory.runner.jobs import JOBS_SCHEMA
+
+        src = self._source(JOBS, JOBS_SCHEMA)
+        self._view("jobs", f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY finished_at")
+
+    def _define_pass_view(self, p: Pass) -> None:
+        src = self._source(p.output_rel, p.output_schema())
+        keys = ", ".join(f'"{k}"' for k in p.key)
+        err = "(error IS NOT NULL), " if "error" in p.output_schema().names else ""
+        order = "image_idx, " + keys if "image_idx" in p.output_schema().names else keys
+        self._view(
+            p.view_name,
+            f"""SELECT * EXCLUDE (filename, _rn) FROM (
+                  SELECT *, row_number() OVER (PARTITION BY {keys}
+                    ORDER BY {err}filename DESC) AS _rn FROM {src}) WHERE _rn = 1
+                ORDER BY {order}""",
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
+        rel = self.con.sql(sql, params=list(params) if params else None)
+        if rel is None:  # a statement without a result (CREATE, SET...)
+            return pa.table({})
+        return fetch_arrow(rel)
+
+    def rows(self, sql: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows as tuples (the result is fully consumed)."""
+        return self.con.execute(sql, list(params) if params else []).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[object] | None = None) -> Any:
+        r = self.rows(sql, params)
+        return r[0][0] if r else None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fetch_arrow(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pa.Table:
+    """A query result as an Arrow table (DuckDB 1.x and 2.x spell it differently)."""
+    fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table", None)
+    if fn is None:
+        fn = result.arrow
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 2.x: "extra copy" note on cursors
+        table = fn()
+    if isinstance(table, pa.RecordBatchReader):
+        table = table.read_all()
+    return table

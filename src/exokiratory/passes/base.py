@@ -1,0 +1,148 @@
+"""Base classes for passes: one small class per kind of step (datatrove style).
+
+A pass declares its name, the units it consumes, its output dataset and schema, and a version; it
+implements one function from a batch of units to a table. Runners and executors live elsewhere
+(:mod:`exokiratory.runner`); a pass never writes files itself.
+
+Output record contract: the output table has the key columns, every column of
+:meth:`Pass.output_schema`, one row per input unit, and an ``error`` column (null when the unit
+succeeded). Rows must be a pure function of the unit and the pass parameters (no wall-clock
+values), so that any executor, and any rerun after a kill, produces byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from exokiratory.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+class PassParams(BaseModel):
+    """Parameters of a pass, from ``passes.<name>`` in the workspace config. Strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a batch function may use besides its units (picklable, sent to every worker)."""
+
+    workspace_url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    max_image_pixels: int = 178_956_970
+    source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Pass(ABC):
+    """One pass: units in, one keyed Parquet dataset out."""
+
+    name: ClassVar[str]
+    #: folder of the output dataset, relative to the workspace; the version is appended
+    dataset: ClassVar[str]
+    #: bump when the output for the same input changes (new model, new parameters...)
+    version: ClassVar[str]
+    key: ClassVar[tuple[str, ...]] = ("image_id",)
+    resources: ClassVar[str] = "cpu"
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[PassParams]] = PassParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        try:
+            self.params = self.Params.model_validate(params or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"passes.{self.name}: {problems}") from exc
+
+    @property
+    def view_name(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def output_rel(self) -> str:
+        return f"{self.dataset}/{self.version}"
+
+    @property
+    def full_version(self) -> str:
+        return self.version
+
+    @abstractmethod
+    def output_schema(self) -> pa.Schema:
+        """Schema of the output table (key columns and ``error`` included)."""
+
+    #: SQL over the catalog's views selecting every unit this pass wants, with the key columns,
+    #: in a deterministic order.
+    units_sql: ClassVar[str]
+
+    def units(self, catalog: Catalog) -> pa.Table:
+        """Every unit this pass wants (the result of :attr:`units_sql`)."""
+        return catalog.query(self.units_sql)
+
+    @abstractmethod
+    def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
+        """Compute the output rows for a batch of units."""
+
+    def error_rows(self, units: pa.Table, message: str) -> pa.Table:
+        """Rows that record a failure for each unit (key columns plus ``error``)."""
+        schema = self.output_schema()
+        cols = {}
+        for f in schema:
+            if f.name in units.column_names:
+                cols[f.name] = units.column(f.name).cast(f.type)
+            elif f.name == "error":
+                cols[f.name] = pa.array([message] * units.num_rows, f.type)
+            else:
+                cols[f.name] = pa.nulls(units.num_rows, f.type)
+        return pa.table(cols, schema=schema)
+
+
+IMAGE_UNITS_SQL = """
+SELECT i.image_id, i.image_idx, i.format, i.size_bytes, p.path
+FROM images i
+JOIN (SELECT image_id, min(path) AS path FROM paths WHERE status = 'image' GROUP BY image_id) p
+  USING (image_id)
+WHERE i.status = 'ok'
+ORDER BY i.image_idx
+"""
+
+
+class ImagePass(Pass):
+    """A pass over images, one independent row per image.
+
+    Subclasses implement :meth:`process_image`; a failure of one image becomes that image's
+    ``error`` row and never stops the batch.
+    """
+
+    #: readable images (status ok) with one present path each, in ``image_idx`` order
+    units_sql = IMAGE_UNITS_SQL
+
+    @abstractmethod
+    def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        """Output columns (without keys and error) for one image."""
+
+    def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
+        rows = []
+        for unit in units.to_pylist():
+            try:
+                out = self.process_image(unit, ctx)
+                out["error"] = None
+            except Exception as exc:  # a bad image is a row, never a crash
+                log.debug("image %s failed in %s: %s", unit["image_id"], self.name, exc)
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+            for k in self.key:
+                out[k] = unit[k]
+            if "image_idx" in self.output_schema().names:
+                out["image_idx"] = unit["image_idx"]
+            rows.append(out)
+        return pa.Table.from_pylist(rows, schema=self.output_schema())

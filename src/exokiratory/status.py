@@ -1,0 +1,102 @@
+"""``status``: what is done, wanted and failed, read from the outputs and the jobs log only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exokiratory.catalog import Catalog
+from exokiratory.passes.base import Pass
+
+
+@dataclass
+class PassStatus:
+    name: str
+    version: str
+    wanted: int
+    done: int
+    failed: int
+    last_run: str | None
+    recent_errors: list[tuple[str, str]] = field(default_factory=list)
+    failed_batches: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.wanted - self.done - self.failed)
+
+
+@dataclass
+class WorkspaceStatus:
+    workspace: str
+    images_by_status: dict[str, int]
+    paths_by_status: dict[str, int]
+    exact_duplicate_paths: int
+    last_scan: str | None
+    passes: list[PassStatus]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "images_by_status": self.images_by_status,
+            "paths_by_status": self.paths_by_status,
+            "exact_duplicate_paths": self.exact_duplicate_paths,
+            "last_scan": self.last_scan,
+            "passes": [
+                {
+                    **p.__dict__,
+                    "remaining": p.remaining,
+                    "recent_errors": [list(e) for e in p.recent_errors],
+                }
+                for p in self.passes
+            ],
+        }
+
+
+def _counts(cat: Catalog, sql: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in cat.rows(sql)}
+
+
+def workspace_status(cat: Catalog, passes: list[Pass], n_errors: int = 5) -> WorkspaceStatus:
+    images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
+    paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
+    dup_paths = int(
+        cat.scalar("SELECT count(*) - count(DISTINCT image_id) FROM paths WHERE status = 'image'")
+        or 0
+    )
+    last_scan = _last_run(cat, "scan")
+    out = [_pass_status(cat, p, n_errors) for p in passes]
+    return WorkspaceStatus(cat.storage.url, images, paths, dup_paths, last_scan, out)
+
+
+def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
+    keys = ", ".join(f'"{k}"' for k in p.key)
+    on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.key)
+    wanted = int(cat.scalar(f"SELECT count(*) FROM ({p.units_sql})") or 0)
+    counts = cat.rows(
+        f"""SELECT count(*) FILTER (WHERE d.error IS NULL), count(*) FILTER (WHERE d.error IS NOT NULL)
+            FROM (SELECT {keys} FROM ({p.units_sql})) w JOIN "{p.view_name}" d ON {on}"""
+    )
+    done, failed = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
+    errs = cat.rows(
+        f"""SELECT CAST("{p.key[0]}" AS VARCHAR), error FROM "{p.view_name}"
+            WHERE error IS NOT NULL ORDER BY 1 LIMIT {int(n_errors)}"""
+    )
+    failed_batches = int(
+        cat.scalar("SELECT count(*) FROM jobs WHERE pass_name = ? AND status = 'failed'", [p.name])
+        or 0
+    )
+    return PassStatus(
+        name=p.name,
+        version=p.version,
+        wanted=wanted,
+        done=done,
+        failed=failed,
+        last_run=_last_run(cat, p.name),
+        recent_errors=[(str(a), str(b)) for a, b in errs],
+        failed_batches=failed_batches,
+    )
+
+
+def _last_run(cat: Catalog, name: str) -> str | None:
+    r = cat.scalar("SELECT CAST(max(finished_at) AS VARCHAR) FROM jobs WHERE pass_name = ?", [name])
+    return None if r is None else str(r)

@@ -1,0 +1,180 @@
+"""The Python API: ``Workspace(root)`` with the same verbs as the CLI, tables as Arrow/pandas."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from exokiratory.catalog import Catalog
+from exokiratory.config import (
+    ConfigError,
+    RunConfig,
+    ScanConfig,
+    Source,
+    WorkspaceConfig,
+    default_workers,
+    load_config,
+    render_config,
+)
+from exokiratory.layout import CONFIG_FILE, DIRECTORIES
+from exokiratory.manifest.scan import ScanReport, Scanner, normalise_source
+from exokiratory.passes import PASS_CLASSES, Pass, get_pass, pass_names
+from exokiratory.passes.base import BatchContext
+from exokiratory.runner.executors import make_executor
+from exokiratory.runner.run import RunReport, run_pass
+from exokiratory.status import WorkspaceStatus, workspace_status
+from exokiratory.storage import Storage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class Workspace:
+    """An exokiratory workspace: a storage root holding the config and every dataset.
+
+    >>> ws = Workspace.init("/content/drive/MyDrive/exo", sources=["/content/drive/MyDrive/photos"])
+    >>> ws.scan(); ws.run(["probe"]); ws.sql("SELECT count(*) FROM images")
+    """
+
+    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        self.storage = Storage(root, storage_options)
+        self.config: WorkspaceConfig = load_config(self.storage)
+
+    # -- creation ----------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        root: str | os.PathLike[str],
+        sources: Sequence[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+        scan: ScanConfig | None = None,
+        run: RunConfig | None = None,
+    ) -> Workspace:
+        """Create the layout and a commented ``exokiratory.yaml``. Existing data is never touched."""
+        storage = Storage(root, storage_options)
+        if storage.exists(CONFIG_FILE) and not exist_ok:
+            raise ConfigError(f"{storage.url} is already a workspace (it has {CONFIG_FILE})")
+        cfg = WorkspaceConfig(
+            sources=[Source(path=_source_text(s)) for s in sources],
+            scan=scan or ScanConfig(),
+            run=run or RunConfig(),
+        )
+        for d in DIRECTORIES:
+            storage.makedirs(d)
+        if not storage.exists(CONFIG_FILE):
+            storage.write_bytes_atomic(CONFIG_FILE, render_config(cfg).encode("utf-8"))
+        return cls(root, storage_options)
+
+    def reload_config(self) -> WorkspaceConfig:
+        self.config = load_config(self.storage)
+        return self.config
+
+    # -- passes ------------------------------------------------------------------------------
+    def passes(self, names: Sequence[str] | None = None) -> list[Pass]:
+        """Pass objects configured from ``passes.<name>`` in the config, in pipeline order."""
+        wanted = list(names) if names else pass_names()
+        if "all" in wanted:
+            wanted = pass_names()
+        unknown = [n for n in wanted if n not in pass_names()]
+        if unknown:
+            raise ValueError(f"unknown pass(es) {unknown}; known: {', '.join(pass_names())}")
+        order = [c.name for c in PASS_CLASSES]
+        wanted = sorted(dict.fromkeys(wanted), key=order.index)
+        return [get_pass(n, self.config.passes.get(n)) for n in wanted]
+
+    def batch_context(self) -> BatchContext:
+        return BatchContext(
+            workspace_url=self.storage.url,
+            storage_options=self.storage.storage_options,
+            max_image_pixels=self.config.scan.max_image_pixels,
+            source_options={
+                normalise_source(s.path): s.storage_options for s in self.config.sources
+            },
+        )
+
+    # -- verbs -------------------------------------------------------------------------------
+    def scan(self, *, progress: bool | None = None, force: bool = False) -> ScanReport:
+        """PASS 0: register new and changed files, mark vanished ones missing."""
+        return Scanner(self.storage, self.config, progress=progress, force_lock=force).run()
+
+    def run(
+        self,
+        passes: Sequence[str] | str = "all",
+        *,
+        limit: int | None = None,
+        engine: str | None = None,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        retry_errors: bool = False,
+        progress: bool | None = None,
+    ) -> list[RunReport]:
+        """Run passes (names, or ``"all"``) through the runner; returns one report per pass."""
+        names = [passes] if isinstance(passes, str) else list(passes)
+        rc = self.config.run
+        executor = make_executor(
+            engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
+        )
+        reports = []
+        for p in self.passes(names):
+            rep = run_pass(
+                p,
+                self.storage,
+                self.batch_context(),
+                executor,
+                batch_size=batch_size or rc.batch_size,
+                limit=limit,
+                retry_errors=retry_errors,
+                progress=progress,
+            )
+            log.info("%s", rep.summary())
+            reports.append(rep)
+        return reports
+
+    def status(self) -> WorkspaceStatus:
+        passes = self.passes()
+        with self.catalog(passes) as cat:
+            return workspace_status(cat, passes)
+
+    # -- tables ------------------------------------------------------------------------------
+    def catalog(self, passes: Sequence[Pass] | None = None) -> Catalog:
+        """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
+        return Catalog(self.storage, self.passes() if passes is None else passes)
+
+    def sql(self, query: str) -> pa.Table:
+        """Run SQL over the workspace's views; returns an Arrow table."""
+        with self.catalog() as cat:
+            return cat.query(query)
+
+    def df(self, query: str) -> pd.DataFrame:
+        """Like :meth:`sql`, as a pandas DataFrame."""
+        return self.sql(query).to_pandas()
+
+    def table(self, name: str) -> pa.Table:
+        """A whole view (``images``, ``paths``, ``jobs``, or a pass name) as an Arrow table."""
+        with self.catalog() as cat:
+            if name not in cat.views:
+                raise ValueError(f"no table {name!r}; available: {', '.join(cat.views)}")
+            return cat.query(f'SELECT * FROM "{name}"')
+
+    def images(self) -> pa.Table:
+        return self.table("images")
+
+    def paths(self) -> pa.Table:
+        return self.table("paths")
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.storage.url!r})"
+
+
+def _source_text(s: str) -> str:
+    if "://" in s:
+        return s
+    return os.path.abspath(os.path.expanduser(s))
