@@ -142,7 +142,7 @@ def fetch_arrow(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> 
     """A query result as an Arrow table (DuckDB 1.x and 2.x spell it differently)."""
     fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table", None)
     if fn is None:
-        fn = result.arrow
+        fn = getattr(result, "arrow")  # noqa: B009
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # 2.x: "extra copy" note on cursors
         table = fn()

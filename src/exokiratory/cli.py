@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from exokiratory import __version__
@@ -107,7 +108,7 @@ def scan(
     """PASS 0: register new and changed files (hash, format, header), mark vanished ones missing."""
     ws = _open(workspace)
     report = ws.scan(force=force)
-    out.print(report.summary())
+    out.print(report.summary(), soft_wrap=True)
 
 
 @app.command()
@@ -138,9 +139,9 @@ def run(
     )
     failed = False
     for r in reports:
-        out.print(r.summary())
+        out.print(r.summary(), soft_wrap=True)
         for f in r.failures[:10]:
-            console.print(f"  [red]failed batch[/red] {f}")
+            console.print(f"  [red]failed batch[/red] {escape(f)}", soft_wrap=True)
         failed |= not r.ok
     if failed:
         raise typer.Exit(1)
@@ -178,7 +179,7 @@ def status(
     out.print(t)
     for p in st.passes:
         for key, err in p.recent_errors:
-            out.print(f"  [red]{p.name}[/red] {key}: {err}")
+            out.print(f"  [red]{p.name}[/red] {escape(key)}: {escape(err)}", soft_wrap=True)
 
 
 def _fmt_counts(d: dict[str, int]) -> str:
@@ -249,12 +250,12 @@ def demo(
 
     root = workspace or Path("exokiratory-demo")
     summary = run_demo(root, workers=workers)
-    out.print(summary)
+    out.print(summary, soft_wrap=True)
 
 
 def main() -> None:
     try:
         app()
     except (CliError, ConfigError, LockHeld, ValueError, FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)

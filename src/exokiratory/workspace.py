@@ -21,7 +21,7 @@ from exokiratory.config import (
     render_config,
 )
 from exokiratory.layout import CONFIG_FILE, DIRECTORIES
-from exokiratory.manifest.scan import ScanReport, Scanner, normalise_source
+from exokiratory.manifest.scan import Scanner, ScanReport, normalise_source
 from exokiratory.passes import PASS_CLASSES, Pass, get_pass, pass_names
 from exokiratory.passes.base import BatchContext
 from exokiratory.runner.executors import make_executor
@@ -51,7 +51,7 @@ class Workspace:
     def init(
         cls,
         root: str | os.PathLike[str],
-        sources: Sequence[str],
+        sources: Sequence[str | Source],
         *,
         storage_options: dict[str, Any] | None = None,
         exist_ok: bool = False,
@@ -63,7 +63,7 @@ class Workspace:
         if storage.exists(CONFIG_FILE) and not exist_ok:
             raise ConfigError(f"{storage.url} is already a workspace (it has {CONFIG_FILE})")
         cfg = WorkspaceConfig(
-            sources=[Source(path=_source_text(s)) for s in sources],
+            sources=[s if isinstance(s, Source) else Source(path=_source_text(s)) for s in sources],
             scan=scan or ScanConfig(),
             run=run or RunConfig(),
         )
@@ -134,7 +134,7 @@ class Workspace:
                 retry_errors=retry_errors,
                 progress=progress,
             )
-            log.info("%s", rep.summary())
+            log.debug("%s", rep.summary())
             reports.append(rep)
         return reports
 

@@ -313,7 +313,7 @@ class Scanner:
                 }
             )
         for chunk in _chunks(rows, max(self.config.scan.batch_size, 10000)):
-            n = self._write_paths(chunk)
+            n = self._write_paths(list(chunk))
             jobs.add(
                 JobRecord(batch="scan-missing", status="ok", n_units=len(chunk), bytes_written=n)
             )

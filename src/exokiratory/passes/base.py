@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import fsspec
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -40,6 +41,18 @@ class BatchContext:
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_image_pixels: int = 178_956_970
     source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def read_bytes(self, path: str, source: str | None = None) -> bytes:
+        """The bytes of an image file, opened with its source's storage options."""
+        opts = self.source_options.get(source or "", {})
+        if not opts:
+            for src, o in self.source_options.items():
+                if path.startswith(src.rstrip("/") + "/"):
+                    opts = o
+                    break
+        with fsspec.open(path, "rb", **opts) as fh:
+            data: bytes = fh.read()
+        return data
 
 
 class Pass(ABC):
@@ -108,9 +121,10 @@ class Pass(ABC):
 
 
 IMAGE_UNITS_SQL = """
-SELECT i.image_id, i.image_idx, i.format, i.size_bytes, p.path
+SELECT i.image_id, i.image_idx, i.format, i.size_bytes, p.path, p.source
 FROM images i
-JOIN (SELECT image_id, min(path) AS path FROM paths WHERE status = 'image' GROUP BY image_id) p
+JOIN (SELECT image_id, min(path) AS path, arg_min(source, path) AS source
+      FROM paths WHERE status = 'image' GROUP BY image_id) p
   USING (image_id)
 WHERE i.status = 'ok'
 ORDER BY i.image_idx

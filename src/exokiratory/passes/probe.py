@@ -10,19 +10,12 @@ import io
 import warnings
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 from PIL import Image
 
 from exokiratory.passes.base import BatchContext, ImagePass
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (ctx.max_image_pixels) is checked before decoding
-
-
-def open_image_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as fh:
-        data: bytes = fh.read()
-    return data
 
 
 class ProbePass(ImagePass):
@@ -46,7 +39,7 @@ class ProbePass(ImagePass):
         )
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
-        data = open_image_bytes(unit["path"])
+        data = ctx.read_bytes(unit["path"], unit.get("source"))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:

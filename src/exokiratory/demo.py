@@ -1,0 +1,51 @@
+"""``exokiratory demo``: build the sample collection into a workspace and run every pass on it."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from exokiratory.config import ConfigError
+from exokiratory.layout import CONFIG_FILE, DATA_IMAGES
+from exokiratory.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEMO_MARKER = ".exokiratory-demo"
+
+
+def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | None = None) -> str:
+    """Create (or resume) a demo workspace at ``root`` and return a text summary.
+
+    The collection is written into ``<root>/data/images`` once; rerunning the demo resumes the
+    workspace (a rescan reads nothing and every pass finds its work done).
+    """
+    root = Path(root)
+    images = root / DATA_IMAGES
+    if (root / CONFIG_FILE).exists() and not (images / DEMO_MARKER).exists():
+        raise ConfigError(
+            f"{root} is a workspace that the demo did not create; choose another folder"
+        )
+    if not (images / DEMO_MARKER).exists():
+        from exokiratory.demo_data import build_demo_collection
+
+        items = build_demo_collection(images)
+        kinds = Counter(i.kind for i in items)
+        log.info("demo collection: %d files (%s) in %s", len(items), dict(kinds), images)
+        (images / DEMO_MARKER).write_text("written by exokiratory demo\n")
+    ws = Workspace.init(root, [str(images)], exist_ok=True)
+    scan = ws.scan(progress=progress)
+    reports = ws.run("all", workers=workers, progress=progress)
+    st = ws.status()
+    lines = [
+        f"demo workspace: {ws.storage.url}",
+        scan.summary(),
+        *(r.summary() for r in reports),
+        "images: " + ", ".join(f"{n} {s}" for s, n in st.images_by_status.items()),
+        f"exact-duplicate paths: {st.exact_duplicate_paths}",
+        "try: exokiratory sql -w "
+        + str(root)
+        + ' "SELECT status, error, count(*) AS n FROM images GROUP BY ALL ORDER BY n DESC"',
+    ]
+    return "\n".join(lines)
