@@ -7,6 +7,7 @@ output, named after the pass (``probe``, ``features``...). Keyed views keep one 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,19 @@ if TYPE_CHECKING:
     from exokiratory.passes.base import Pass
 
 
+_DATABASE: duckdb.DuckDBPyConnection | None = None
+_DATABASE_PID = 0
+
+
+def _shared_database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB database per process (re-created after a fork)."""
+    global _DATABASE, _DATABASE_PID
+    if _DATABASE is None or os.getpid() != _DATABASE_PID:
+        _DATABASE = duckdb.connect()
+        _DATABASE_PID = os.getpid()
+    return _DATABASE
+
+
 def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
 
@@ -37,9 +51,13 @@ class Catalog:
 
     def __init__(self, storage: Storage, passes: Sequence[Pass] = ()):
         self.storage = storage
-        self.con = duckdb.connect()
-        self.rows("SET preserve_insertion_order = true")
-        if not storage.is_local:
+        if storage.is_local:
+            # A cursor of one process-wide database: opening a DuckDB database costs ~15 ms, a
+            # cursor almost nothing. Views are TEMP, so catalogs never see each other's views.
+            self.con = _shared_database().cursor()
+        else:
+            # fsspec file systems are registered per database: a remote workspace gets its own.
+            self.con = duckdb.connect()
             self.con.register_filesystem(storage.fs)
         self.views: list[str] = []
         self._define_manifest_views()
@@ -67,7 +85,7 @@ class Catalog:
         return name
 
     def _view(self, name: str, sql: str) -> None:
-        self.rows(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+        self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
         if name not in self.views:
             self.views.append(name)
 

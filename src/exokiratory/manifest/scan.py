@@ -110,7 +110,7 @@ class Scanner:
                     "SELECT path, size_bytes, mtime_ns, status, image_id, error FROM paths"
                 )
                 registry = cat.query("SELECT image_id, image_idx FROM images_registry")
-            todo = self._plan(walked, current)
+                todo = self._plan(walked, current, cat.con)
             self._process(todo, registry, jobs)
             self._mark_missing(walked, current, jobs)
         finally:
@@ -149,7 +149,12 @@ class Scanner:
         return out
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(self, walked: dict[str, list[Entry] | None], current: pa.Table) -> list[_Planned]:
+    def _plan(
+        self,
+        walked: dict[str, list[Entry] | None],
+        current: pa.Table,
+        con: duckdb.DuckDBPyConnection,
+    ) -> list[_Planned]:
         rows = [
             (src, e.path, e.size, e.mtime_ns, e.error)
             for src, entries in walked.items()
@@ -166,10 +171,9 @@ class Scanner:
                 "ord": pa.array(range(len(rows)), pa.int64()),
             }
         )
-        con = duckdb.connect()
+        con.register("listing", listing)
+        con.register("cur", current)
         try:
-            con.register("listing", listing)
-            con.register("cur", current)
             changed = con.execute(
                 """
                 SELECT l.source, l.path, l.size_bytes, l.mtime_ns, l.walk_error FROM listing l
@@ -181,7 +185,8 @@ class Scanner:
                 """
             ).fetchall()
         finally:
-            con.close()
+            con.unregister("listing")
+            con.unregister("cur")
         self.report.unchanged = len(rows) - len(changed)
         return [_Planned(Entry(p, s, m, err), src) for src, p, s, m, err in changed]
 

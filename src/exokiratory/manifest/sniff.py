@@ -10,7 +10,39 @@ TAIL_BYTES = 4096
 #: File-name extensions that users expect to be images. A file with one of these that is not an
 #: image by its bytes is recorded as ``unreadable``; other non-image files are ignored.
 IMAGE_EXTENSIONS = frozenset(
-    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jpx", ".ico", ".psd", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".jxl", ".dng", ".cr2", ".nef", ".arw"]
+    [
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".apng",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".jp2",
+        ".j2k",
+        ".jpx",
+        ".ico",
+        ".psd",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".qoi",
+        ".jxl",
+        ".dng",
+        ".cr2",
+        ".nef",
+        ".arw",
+    ]
 )
 
 

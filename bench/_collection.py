@@ -1,0 +1,72 @@
+"""Build a benchmark collection of real images (re-encoded photos from the skimage/sklearn wheels)."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+from PIL import Image
+
+
+def real_photo_paths() -> list[Path]:
+    import skimage
+    import sklearn
+
+    sk = Path(skimage.__file__).parent / "data"
+    names = [
+        "astronaut.png",
+        "coffee.png",
+        "chelsea.png",
+        "rocket.jpg",
+        "camera.png",
+        "coins.png",
+        "motorcycle_left.png",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "ihc.png",
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+        "moon.png",
+        "page.png",
+        "text.png",
+        "color.png",
+        "logo.png",
+    ]
+    out = [sk / n for n in names if (sk / n).exists()]
+    out += [
+        Path(sklearn.__file__).parent / "datasets" / "images" / n
+        for n in ("china.jpg", "flower.jpg")
+    ]
+    return out
+
+
+def build_collection(dest: Path, n_files: int, seed: int = 0, max_side: int = 1600) -> int:
+    """Write ``n_files`` distinct JPEG/PNG variants (crops, scales, qualities) of real photos.
+
+    Returns the total number of bytes written. Deterministic for a seed.
+    """
+    rng = random.Random(seed)
+    photos = [Image.open(p).convert("RGB") for p in real_photo_paths()]
+    total = 0
+    for i in range(n_files):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = im.crop((x, y, x + cw, y + ch))
+        scale = rng.uniform(1.0, 2.0) if max(cw, ch) < max_side // 2 else rng.uniform(0.5, 1.0)
+        crop = crop.resize((max(8, int(cw * scale)), max(8, int(ch * scale))))
+        buf = io.BytesIO()
+        if i % 4 == 0:
+            crop.save(buf, "PNG", compress_level=1)
+            ext = "png"
+        else:
+            crop.save(buf, "JPEG", quality=rng.randint(75, 95))
+            ext = "jpg"
+        folder = dest / f"roll_{i // 250:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{i:06d}.{ext}").write_bytes(buf.getvalue())
+        total += len(buf.getvalue())
+    return total
