@@ -8,6 +8,7 @@ output, named after the pass (``probe``, ``features``...). Keyed views keep one 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from exokiratory.manifest.tables import (
 from exokiratory.storage import Storage
 
 if TYPE_CHECKING:
-    from exokiratory.passes.base import Pass
+    from exokiratory.passes.base import Derivation, Pass
 
 
 _DATABASE: duckdb.DuckDBPyConnection | None = None
@@ -49,7 +50,7 @@ def _sql_list(items: Sequence[str]) -> str:
 class Catalog:
     """A DuckDB connection with views over a workspace's part datasets."""
 
-    def __init__(self, storage: Storage, passes: Sequence[Pass] = ()):
+    def __init__(self, storage: Storage, passes: Sequence[Pass | Derivation] = ()):
         self.storage = storage
         if storage.is_local:
             # A cursor of one process-wide database: opening a DuckDB database costs ~15 ms, a
@@ -62,8 +63,19 @@ class Catalog:
         self.views: list[str] = []
         self._define_manifest_views()
         self._define_jobs_view()
+        from exokiratory.passes.base import Derivation
+
         for p in passes:
-            self._define_pass_view(p)
+            if isinstance(p, Derivation):
+                self._define_derived_view(p)
+            else:
+                self._define_pass_view(p)
+        if "flags" in self.views:
+            self._view(
+                "images_routed",
+                "SELECT i.* FROM images i JOIN flags f USING (image_id) WHERE f.is_worth_gpu "
+                "ORDER BY i.image_idx",
+            )
 
     # -- helpers -----------------------------------------------------------------------------
     def _files(self, rel: str) -> list[str]:
@@ -79,7 +91,7 @@ class Catalog:
             return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
         if schema is None:
             return ""
-        name = f"_empty_{rel.replace('/', '_')}"
+        name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
         empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
         self.con.register(name, empty)
         return name
@@ -130,6 +142,17 @@ class Catalog:
                     ORDER BY {err}filename DESC) AS _rn FROM {src}) WHERE _rn = 1
                 ORDER BY {order}""",
         )
+
+    def _define_derived_view(self, d: Derivation) -> None:
+        from exokiratory.runner.derive import current_folder
+
+        folder = current_folder(self.storage, d.dataset)
+        if folder is None:
+            src = self._source(f"{d.dataset}/.none", d.output_schema())
+        else:
+            src = self._source(folder, d.output_schema())
+        order = "image_idx" if "image_idx" in d.output_schema().names else "1"
+        self._view(d.view_name, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:

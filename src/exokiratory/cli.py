@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
@@ -177,6 +178,13 @@ def status(
             p.last_run or "never",
         )
     out.print(t)
+    for d in st.derived:
+        state = "up to date" if d.up_to_date else "stale: rerun `exokiratory run " + d.name + "`"
+        if not d.rows:
+            state = "not computed"
+        out.print(f"[bold]{d.name}[/bold] ({d.version}): {d.rows} rows, {state}", soft_wrap=True)
+        if d.summary:
+            out.print("  " + ", ".join(f"{k} {v}" for k, v in d.summary.items()), soft_wrap=True)
     for p in st.passes:
         for key, err in p.recent_errors:
             out.print(f"  [red]{p.name}[/red] {escape(key)}: {escape(err)}", soft_wrap=True)
@@ -233,7 +241,7 @@ def _rich_table(table: pa.Table, max_rows: int) -> Table:
 def _cell(v: Any) -> str:
     if v is None:
         return ""
-    s = str(v)
+    s = f"{v:.4g}" if isinstance(v, float) else str(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -256,6 +264,14 @@ def demo(
 def main() -> None:
     try:
         app()
-    except (CliError, ConfigError, LockHeld, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (
+        CliError,
+        ConfigError,
+        LockHeld,
+        ValueError,
+        FileNotFoundError,
+        RuntimeError,
+        duckdb.Error,
+    ) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exokiratory.catalog import Catalog
-from exokiratory.passes.base import Pass
+from exokiratory.passes.base import Derivation, Pass
 
 
 @dataclass
@@ -26,6 +26,16 @@ class PassStatus:
 
 
 @dataclass
+class DerivedStatus:
+    name: str
+    version: str
+    rows: int
+    up_to_date: bool
+    last_run: str | None
+    summary: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class WorkspaceStatus:
     workspace: str
     images_by_status: dict[str, int]
@@ -33,6 +43,7 @@ class WorkspaceStatus:
     exact_duplicate_paths: int
     last_scan: str | None
     passes: list[PassStatus]
+    derived: list[DerivedStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +60,7 @@ class WorkspaceStatus:
                 }
                 for p in self.passes
             ],
+            "derived": [d.__dict__ for d in self.derived],
         }
 
 
@@ -56,7 +68,9 @@ def _counts(cat: Catalog, sql: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in cat.rows(sql)}
 
 
-def workspace_status(cat: Catalog, passes: list[Pass], n_errors: int = 5) -> WorkspaceStatus:
+def workspace_status(
+    cat: Catalog, passes: list[Pass | Derivation], n_errors: int = 5
+) -> WorkspaceStatus:
     images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
     paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
     dup_paths = int(
@@ -64,8 +78,9 @@ def workspace_status(cat: Catalog, passes: list[Pass], n_errors: int = 5) -> Wor
         or 0
     )
     last_scan = _last_run(cat, "scan")
-    out = [_pass_status(cat, p, n_errors) for p in passes]
-    return WorkspaceStatus(cat.storage.url, images, paths, dup_paths, last_scan, out)
+    out = [_pass_status(cat, p, n_errors) for p in passes if isinstance(p, Pass)]
+    derived = [_derived_status(cat, d) for d in passes if isinstance(d, Derivation)]
+    return WorkspaceStatus(cat.storage.url, images, paths, dup_paths, last_scan, out, derived)
 
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
@@ -94,6 +109,23 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
         last_run=_last_run(cat, p.name),
         recent_errors=[(str(a), str(b)) for a, b in errs],
         failed_batches=failed_batches,
+    )
+
+
+def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:
+    from exokiratory.runner.derive import current_folder, input_fingerprint
+
+    rows = int(cat.scalar(f'SELECT count(*) FROM "{d.view_name}"') or 0)
+    current = current_folder(cat.storage, d.dataset)
+    wanted = f"{d.dataset}/{d.full_version}-{input_fingerprint(cat.storage, d)}"
+    summary: dict[str, int] = {}
+    if rows:
+        bool_cols = [f.name for f in d.output_schema() if f.name.startswith("is_")]
+        sums = ", ".join(f'count(*) FILTER (WHERE "{c}")' for c in bool_cols)
+        r = cat.rows(f'SELECT {sums} FROM "{d.view_name}"')
+        summary = {c: int(v) for c, v in zip(bool_cols, r[0], strict=True)} if r else {}
+    return DerivedStatus(
+        d.name, d.full_version, rows, current == wanted, _last_run(cat, d.name), summary
     )
 
 

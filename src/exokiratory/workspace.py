@@ -22,8 +22,9 @@ from exokiratory.config import (
 )
 from exokiratory.layout import CONFIG_FILE, DIRECTORIES
 from exokiratory.manifest.scan import Scanner, ScanReport, normalise_source
-from exokiratory.passes import PASS_CLASSES, Pass, get_pass, pass_names
-from exokiratory.passes.base import BatchContext
+from exokiratory.passes import PASS_CLASSES, Step, get_pass, pass_names
+from exokiratory.passes.base import BatchContext, Derivation, Pass
+from exokiratory.runner.derive import DeriveReport, run_derivation
 from exokiratory.runner.executors import make_executor
 from exokiratory.runner.run import RunReport, run_pass
 from exokiratory.status import WorkspaceStatus, workspace_status
@@ -78,7 +79,7 @@ class Workspace:
         return self.config
 
     # -- passes ------------------------------------------------------------------------------
-    def passes(self, names: Sequence[str] | None = None) -> list[Pass]:
+    def passes(self, names: Sequence[str] | None = None) -> list[Step]:
         """Pass objects configured from ``passes.<name>`` in the config, in pipeline order."""
         wanted = list(names) if names else pass_names()
         if "all" in wanted:
@@ -88,7 +89,16 @@ class Workspace:
             raise ValueError(f"unknown pass(es) {unknown}; known: {', '.join(pass_names())}")
         order = [c.name for c in PASS_CLASSES]
         wanted = sorted(dict.fromkeys(wanted), key=order.index)
-        return [get_pass(n, self.config.passes.get(n)) for n in wanted]
+        steps = [get_pass(n, self.config.passes.get(n)) for n in wanted]
+        if any(isinstance(s, Derivation) for s in steps):
+            units = [s for s in self._all_steps() if isinstance(s, Pass)]
+            for s in steps:
+                if isinstance(s, Derivation):
+                    s.bind(units)
+        return steps
+
+    def _all_steps(self) -> list[Step]:
+        return [get_pass(n, self.config.passes.get(n)) for n in pass_names()]
 
     def batch_context(self) -> BatchContext:
         return BatchContext(
@@ -115,15 +125,18 @@ class Workspace:
         batch_size: int | None = None,
         retry_errors: bool = False,
         progress: bool | None = None,
-    ) -> list[RunReport]:
+    ) -> list[RunReport | DeriveReport]:
         """Run passes (names, or ``"all"``) through the runner; returns one report per pass."""
         names = [passes] if isinstance(passes, str) else list(passes)
         rc = self.config.run
         executor = make_executor(
             engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
         )
-        reports = []
+        reports: list[RunReport | DeriveReport] = []
         for p in self.passes(names):
+            if isinstance(p, Derivation):
+                reports.append(run_derivation(p, self.storage, self.catalog))
+                continue
             rep = run_pass(
                 p,
                 self.storage,
@@ -144,7 +157,7 @@ class Workspace:
             return workspace_status(cat, passes)
 
     # -- tables ------------------------------------------------------------------------------
-    def catalog(self, passes: Sequence[Pass] | None = None) -> Catalog:
+    def catalog(self, passes: Sequence[Step] | None = None) -> Catalog:
         """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
         return Catalog(self.storage, self.passes() if passes is None else passes)
 

@@ -1,23 +1,31 @@
-"""The pass registry: every pass by name, in pipeline order (``run all`` runs them in this order)."""
+"""The pass registry: every pass by name, in pipeline order (``run all`` runs them in this order).
+
+Two kinds: unit passes (:class:`Pass`: a function from a batch of units to rows, resumable per
+batch) and derivations (:class:`Derivation`: a cheap whole-table function of stored outputs).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from exokiratory.passes.base import BatchContext, ImagePass, Pass, PassParams
+from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, PassParams
+from exokiratory.passes.flags import FlagsDerivation
 from exokiratory.passes.probe import ProbePass
+from exokiratory.passes.sense import SensePass
+
+Step = Pass | Derivation
 
 #: Pass classes in pipeline order.
-PASS_CLASSES: tuple[type[Pass], ...] = (ProbePass,)
+PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (ProbePass, SensePass, FlagsDerivation)
 
-REGISTRY: dict[str, type[Pass]] = {cls.name: cls for cls in PASS_CLASSES}
+REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}
 
 
 def pass_names() -> list[str]:
     return [cls.name for cls in PASS_CLASSES]
 
 
-def get_pass(name: str, params: dict[str, Any] | None = None) -> Pass:
+def get_pass(name: str, params: dict[str, Any] | None = None) -> Step:
     try:
         cls = REGISTRY[name]
     except KeyError:
@@ -31,8 +39,10 @@ __all__ = [
     "PASS_CLASSES",
     "REGISTRY",
     "BatchContext",
+    "Derivation",
     "ImagePass",
     "Pass",
     "PassParams",
+    "Step",
     "get_pass",
 ]

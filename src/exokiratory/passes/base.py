@@ -12,8 +12,11 @@ values), so that any executor, and any rerun after a kill, produces byte-identic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,12 +86,18 @@ class Pass(ABC):
         return self.name.replace("-", "_")
 
     @property
-    def output_rel(self) -> str:
-        return f"{self.dataset}/{self.version}"
+    def full_version(self) -> str:
+        """``version``, plus a digest of the parameters when they differ from the defaults, so
+        that changed parameters write a new dataset instead of mixing rows."""
+        changed = self.params.model_dump(exclude_defaults=True)
+        if not changed:
+            return self.version
+        text = json.dumps(changed, sort_keys=True, default=str)
+        return f"{self.version}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
     @property
-    def full_version(self) -> str:
-        return self.version
+    def output_rel(self) -> str:
+        return f"{self.dataset}/{self.full_version}"
 
     @abstractmethod
     def output_schema(self) -> pa.Schema:
@@ -160,3 +169,58 @@ class ImagePass(Pass):
                 out["image_idx"] = unit["image_idx"]
             rows.append(out)
         return pa.Table.from_pylist(rows, schema=self.output_schema())
+
+
+class Derivation(ABC):
+    """A derived dataset: a cheap, whole-table function of stored outputs (flags, clusters...).
+
+    Derivations never decode images. Their output is written as a new folder named by the
+    version, the parameters and a fingerprint of the inputs, then made current by an atomic
+    pointer (``CURRENT.json``). Same inputs and parameters: nothing to do. A kill before the
+    pointer moves leaves the previous output current; the rerun recomputes (seconds).
+    """
+
+    name: ClassVar[str]
+    dataset: ClassVar[str]
+    version: ClassVar[str]
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    #: names of the unit passes whose outputs this derivation reads
+    reads: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[PassParams]] = PassParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        try:
+            self.params = self.Params.model_validate(params or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"passes.{self.name}: {problems}") from exc
+        self.inputs: tuple[str, ...] = ("manifests/images", "manifests/paths")
+
+    def bind(self, passes: Sequence[Pass]) -> None:
+        """Learn the output folders of the configured passes it reads (input fingerprint)."""
+        self.inputs = (
+            "manifests/images",
+            "manifests/paths",
+            *(p.output_rel for p in passes if p.name in self.reads),
+        )
+
+    @property
+    def view_name(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def full_version(self) -> str:
+        return self.version
+
+    def params_json(self) -> str:
+        return json.dumps(self.params.model_dump(mode="json"), sort_keys=True)
+
+    @abstractmethod
+    def output_schema(self) -> pa.Schema: ...
+
+    @abstractmethod
+    def derive(self, catalog: Catalog) -> pa.Table:
+        """The whole derived table, computed from the catalog's views."""

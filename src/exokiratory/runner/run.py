@@ -62,12 +62,12 @@ def run_pass(
         the_plan = plan(p, cat, batch_size=batch_size, limit=limit, retry_errors=retry_errors)
     report = RunReport(
         p.name,
-        p.version,
+        p.full_version,
         wanted=the_plan.wanted,
         already_done=the_plan.done,
         planned=the_plan.todo.num_rows,
     )
-    jobs = JobLog(storage, p.name, p.version, executor.name)
+    jobs = JobLog(storage, p.name, p.full_version, executor.name)
     with progress_bar(f"{p.name}", the_plan.todo.num_rows, progress) as advance:
 
         def on_done(batch: Batch, res: BatchResult) -> None:

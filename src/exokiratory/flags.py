@@ -1,0 +1,316 @@
+"""PASS 2 routing flags, derived from stored PASS 0/1 outputs (never from pixels).
+
+Every flag is a boolean ``is_*`` column next to the ``*_score`` it was cut from; the thresholds
+live in the workspace config (``passes.flags``) and are recorded in every row (``flags_params``).
+
+Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
+
+* ``dark_score`` = brightness p99 (grey, 0..1); ``is_dark`` when < ``dark_threshold`` (0.32,
+  cleanvision's definition and default).
+* ``light_score`` = 1 - brightness p05; ``is_light`` when < ``light_threshold`` (0.05, as
+  cleanvision).
+* ``blurry_score`` = the Crete-Roffet re-blur score (0 sharp .. 1 blurry); ``is_blurry`` when >
+  ``blurry_threshold`` (0.5: real photos score 0.12-0.33, a Gaussian blur of radius 5 px at the
+  256-px working size 0.5-0.8). Differs from cleanvision, which thresholds the variance of PIL's
+  FIND_EDGES; both flag smooth gradients as blurry.
+* ``low_information_score`` = grey entropy / 8 bits; ``is_low_information`` when <
+  ``low_information_threshold`` (0.3). cleanvision uses the entropy of PIL's 768-bin RGB
+  histogram x 0.1 with the same 0.3 cut.
+* ``grayscale_score`` = mean Lab chroma of the working image; ``is_grayscale`` when <=
+  ``grayscale_threshold`` (2.0). Unlike cleanvision (mode ``L`` only) this catches grey images
+  stored as RGB or palette: on purpose, since they are what costs colour models time.
+* ``aspect_ratio_score`` = min(w/h, h/w); ``is_odd_aspect_ratio`` when < 0.35 (as cleanvision).
+* ``size_score`` = sqrt(w*h); ``is_odd_size`` when outside [Q1 - k*IQR, Q3 + k*IQR] of the
+  collection, k = ``odd_size_iqr_factor`` (3.0, as cleanvision).
+* ``is_tiny`` when min(w, h) < ``tiny_min_side`` px (32).
+* ``is_corrupt``: unreadable in PASS 0, or failed to decode in PASS 1 / probe; ``corrupt_reason``.
+* near duplicates: groups from the perceptual hashes (:mod:`exokiratory.neardup`):
+  ``dup_group_id`` (the canonical's image_id), ``dup_group_size``, ``is_dup_canonical``,
+  ``hash_distance_to_canonical``; ``is_near_duplicate`` = member of a group but not its
+  canonical. Exact duplicates are one image with several paths: ``n_paths``,
+  ``has_exact_duplicates``.
+* ``outlier_score`` = max over cheap features of the robust z-score |x - median| / (1.4826 MAD);
+  ``is_outlier`` when > ``outlier_threshold`` (6.0) in a collection of at least
+  ``outlier_min_images`` (20).
+* ``text_heavy_score`` = text_likeness_score; ``is_text_heavy`` when >= ``text_heavy_threshold``
+  (0.6).
+  Documents and flat graphics (text-heavy, or ``noise_score`` < ``strict_noise_threshold``) all
+  look alike to perceptual hashes (white page, black lines): they are grouped only among
+  themselves and under a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND
+  dhash <= 8), which still joins a rescaled or recompressed copy of a page.
+* ``is_junk`` = corrupt, tiny, or near-blank (``low_information_score`` <
+  ``junk_information_threshold`` = 0.12, about 1 bit: a low-information threshold of 0.3 also
+  catches logos and flat graphics, which are not junk). ``is_worth_gpu`` = readable, not junk,
+  and not a non-canonical near duplicate. The ``images_routed`` view holds the images worth GPU
+  time.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from exokiratory.neardup import find_near_duplicates
+from exokiratory.passes.base import PassParams
+from exokiratory.sense.hashes import HASH_COLUMNS
+
+OUTLIER_FEATURES: tuple[str, ...] = (
+    "brightness_p50",
+    "std_r",
+    "std_g",
+    "std_b",
+    "colorfulness_score",
+    "saturation_mean",
+    "entropy_score",
+    "log_sharpness",
+    "log_noise",
+    "edge_density",
+    "high_freq_ratio",
+    "spectral_slope",
+    "blur_score",
+)
+
+
+class FlagsParams(PassParams):
+    dark_threshold: float = Field(0.32, ge=0, le=1)
+    light_threshold: float = Field(0.05, ge=0, le=1)
+    blurry_threshold: float = Field(0.5, ge=0, le=1)
+    low_information_threshold: float = Field(0.3, ge=0, le=1)
+    grayscale_threshold: float = Field(2.0, ge=0)
+    odd_aspect_ratio_threshold: float = Field(0.35, ge=0, le=1)
+    odd_size_iqr_factor: float = Field(3.0, gt=0)
+    tiny_min_side: int = Field(32, ge=1)
+    outlier_threshold: float = Field(6.0, gt=0)
+    outlier_min_images: int = Field(20, ge=3)
+    text_heavy_threshold: float = Field(0.6, ge=0, le=1)
+    near_duplicate_thresholds: dict[str, int] = Field(
+        default_factory=lambda: {"phash": 12, "dhash": 16, "phash_center": 8},
+        description="Hamming thresholds of the near-duplicate rule (see exokiratory.neardup)",
+    )
+    strict_near_duplicate_thresholds: dict[str, int] = Field(
+        default_factory=lambda: {"phash": 4, "dhash": 8},
+        description="both must hold, for text-heavy and flat (synthetic) images",
+    )
+    strict_noise_threshold: float = Field(
+        0.6, ge=0, description="images with noise_score below this are 'flat' (graphics, UI)"
+    )
+    junk_information_threshold: float = Field(
+        0.12, ge=0, le=1, description="low_information_score below this is junk (near-blank)"
+    )
+
+
+FLAGS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image_idx", pa.int64(), nullable=False),
+        pa.field("is_corrupt", pa.bool_()),
+        pa.field("corrupt_reason", pa.string()),
+        pa.field("dark_score", pa.float32()),
+        pa.field("is_dark", pa.bool_()),
+        pa.field("light_score", pa.float32()),
+        pa.field("is_light", pa.bool_()),
+        pa.field("blurry_score", pa.float32()),
+        pa.field("is_blurry", pa.bool_()),
+        pa.field("low_information_score", pa.float32()),
+        pa.field("is_low_information", pa.bool_()),
+        pa.field("grayscale_score", pa.float32()),
+        pa.field("is_grayscale", pa.bool_()),
+        pa.field("aspect_ratio_score", pa.float32()),
+        pa.field("is_odd_aspect_ratio", pa.bool_()),
+        pa.field("size_score", pa.float32()),
+        pa.field("is_odd_size", pa.bool_()),
+        pa.field("is_tiny", pa.bool_()),
+        pa.field("text_heavy_score", pa.float32()),
+        pa.field("is_text_heavy", pa.bool_()),
+        pa.field("outlier_score", pa.float32()),
+        pa.field("is_outlier", pa.bool_()),
+        pa.field("n_paths", pa.int64()),
+        pa.field("has_exact_duplicates", pa.bool_()),
+        pa.field("dup_group_id", pa.string()),
+        pa.field("dup_group_size", pa.int32()),
+        pa.field("is_dup_canonical", pa.bool_()),
+        pa.field("hash_distance_to_canonical", pa.int32()),
+        pa.field("is_near_duplicate", pa.bool_()),
+        pa.field("is_junk", pa.bool_()),
+        pa.field("is_worth_gpu", pa.bool_()),
+        pa.field("flags_version", pa.string()),
+        pa.field("flags_params", pa.string()),
+    ]
+)
+
+FLAGS_INPUT_SQL = """
+SELECT i.image_id, i.image_idx, i.status, i.error AS scan_error, i.n_paths,
+       f.* EXCLUDE (image_id, image_idx, error), f.error AS sense_error
+       {probe_cols}
+FROM images i
+LEFT JOIN features f USING (image_id)
+{probe_join}
+ORDER BY i.image_idx
+"""
+
+
+def _col(t: pa.Table, name: str, dtype: type = np.float64) -> np.ndarray:
+    return t.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(x)
+    if ok.sum() < 3:
+        return np.zeros_like(x)
+    med = np.median(x[ok])
+    mad = 1.4826 * np.median(np.abs(x[ok] - med))
+    if mad <= 1e-12:
+        # a constant feature: only values that differ at all are "infinitely" far; cap them
+        return np.where(ok & (np.abs(x - med) > 1e-9), 1e3, 0.0)
+    z = np.abs(x - med) / mad
+    return np.where(ok, z, 0.0)
+
+
+def outlier_scores(t: pa.Table, min_images: int) -> np.ndarray:
+    n = t.num_rows
+    feats = {name: _col(t, name) for name in OUTLIER_FEATURES if name in t.column_names}
+    feats["log_sharpness"] = np.log1p(np.maximum(_col(t, "sharpness_score"), 0))
+    feats["log_noise"] = np.log1p(np.maximum(_col(t, "noise_score"), 0))
+    valid = np.isfinite(feats["entropy_score"])
+    if valid.sum() < min_images:
+        return np.full(n, np.nan)
+    z = np.zeros(n)
+    for name in OUTLIER_FEATURES:
+        z = np.maximum(z, _robust_z(feats[name]))
+    return np.where(valid, z, np.nan)
+
+
+def derive_flags(t: pa.Table, p: FlagsParams, version: str) -> pa.Table:
+    """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL)."""
+    n = t.num_rows
+    ids = t.column("image_id").to_pylist()
+    status = np.array(t.column("status").to_pylist(), dtype=object)
+    sense_err = t.column("sense_error").to_pylist()
+    probe_err = (
+        t.column("probe_error").to_pylist() if "probe_error" in t.column_names else [None] * n
+    )
+    scan_err = t.column("scan_error").to_pylist()
+    corrupt_reason = [
+        se if st == "unreadable" else (e1 or e2)
+        for st, se, e1, e2 in zip(status, scan_err, sense_err, probe_err, strict=True)
+    ]
+    is_corrupt = np.array([r is not None for r in corrupt_reason])
+    sensed = np.array([e is None for e in sense_err]) & np.isfinite(_col(t, "entropy_score"))
+
+    w, h = _col(t, "width"), _col(t, "height")
+    dark = _col(t, "brightness_p99")
+    light = 1.0 - _col(t, "brightness_p05")
+    blurry = _col(t, "blur_score")
+    low_info = _col(t, "entropy_score") / 8.0
+    grey = _col(t, "grayscale_score")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aspect = np.minimum(w / h, h / w)
+        size = np.sqrt(w * h)
+    odd_size = np.zeros(n, dtype=bool)
+    if sensed.sum() >= 4:
+        q1, q3 = np.percentile(size[sensed], [25, 75])
+        iqr = q3 - q1
+        odd_size = sensed & (
+            (size < q1 - p.odd_size_iqr_factor * iqr) | (size > q3 + p.odd_size_iqr_factor * iqr)
+        )
+    text = _col(t, "text_likeness_score")
+    outlier = outlier_scores(t, p.outlier_min_images)
+
+    def flag(score: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        return sensed & np.nan_to_num(cond, nan=0).astype(bool) & np.isfinite(score)
+
+    with np.errstate(invalid="ignore"):
+        is_dark = flag(dark, dark < p.dark_threshold)
+        is_light = flag(light, light < p.light_threshold)
+        is_blurry = flag(blurry, blurry > p.blurry_threshold)
+        is_low_info = flag(low_info, low_info < p.low_information_threshold)
+        is_grey = flag(grey, grey <= p.grayscale_threshold)
+        is_odd_ar = flag(aspect, aspect < p.odd_aspect_ratio_threshold)
+        is_tiny = flag(w, np.minimum(w, h) < p.tiny_min_side)
+        is_text = flag(text, text >= p.text_heavy_threshold)
+        is_outlier = flag(outlier, outlier > p.outlier_threshold)
+
+    dups = near_duplicates(t, sensed, p)
+    by_id = {r["image_id"]: r for r in dups.to_pylist()}
+    dup_rows = [by_id.get(i) for i in ids]
+    is_near_dup = np.array([r is not None and not r["is_canonical"] for r in dup_rows])
+    n_paths = _col(t, "n_paths", np.int64)
+    is_junk = is_corrupt | is_tiny | flag(low_info, low_info < p.junk_information_threshold)
+    worth = (status == "ok") & sensed & ~is_junk & ~is_near_dup
+    params = json.dumps(p.model_dump(mode="json"), sort_keys=True)
+    return pa.table(
+        {
+            "image_id": ids,
+            "image_idx": t.column("image_idx"),
+            "is_corrupt": is_corrupt,
+            "corrupt_reason": corrupt_reason,
+            "dark_score": _f32(dark),
+            "is_dark": is_dark,
+            "light_score": _f32(light),
+            "is_light": is_light,
+            "blurry_score": _f32(blurry),
+            "is_blurry": is_blurry,
+            "low_information_score": _f32(low_info),
+            "is_low_information": is_low_info,
+            "grayscale_score": _f32(grey),
+            "is_grayscale": is_grey,
+            "aspect_ratio_score": _f32(aspect),
+            "is_odd_aspect_ratio": is_odd_ar,
+            "size_score": _f32(size),
+            "is_odd_size": odd_size,
+            "is_tiny": is_tiny,
+            "text_heavy_score": _f32(text),
+            "is_text_heavy": is_text,
+            "outlier_score": _f32(outlier),
+            "is_outlier": is_outlier,
+            "n_paths": n_paths,
+            "has_exact_duplicates": n_paths > 1,
+            "dup_group_id": [r["dup_group_id"] if r else None for r in dup_rows],
+            "dup_group_size": [r["dup_group_size"] if r else None for r in dup_rows],
+            "is_dup_canonical": [r["is_canonical"] if r else None for r in dup_rows],
+            "hash_distance_to_canonical": [
+                r["hash_distance_to_canonical"] if r else None for r in dup_rows
+            ],
+            "is_near_duplicate": is_near_dup,
+            "is_junk": is_junk,
+            "is_worth_gpu": worth,
+            "flags_version": [version] * n,
+            "flags_params": [params] * n,
+        },
+        schema=FLAGS_SCHEMA,
+    )
+
+
+def _f32(x: np.ndarray) -> pa.Array:
+    return pa.array(
+        np.where(np.isfinite(x), x, np.nan).astype(np.float32), pa.float32(), from_pandas=True
+    )
+
+
+def near_duplicates(t: pa.Table, sensed: np.ndarray, p: FlagsParams) -> pa.Table:
+    """Near-duplicate groups among sensed images: photos under the default rule, documents and
+    flat graphics among themselves under the strict rule (see module docstring)."""
+    with np.errstate(invalid="ignore"):
+        strict = (_col(t, "text_likeness_score") >= p.text_heavy_threshold) | (
+            _col(t, "noise_score") < p.strict_noise_threshold
+        )
+    loose = _groups(t, sensed & ~strict, p.near_duplicate_thresholds, None)
+    tight_rule = [tuple(p.strict_near_duplicate_thresholds)]
+    tight = _groups(t, sensed & strict, p.strict_near_duplicate_thresholds, tight_rule)
+    return pa.concat_tables([loose, tight]).sort_by("image_id")
+
+
+def _groups(
+    t: pa.Table, mask: np.ndarray, thresholds: dict[str, int], rule: list[tuple[str, ...]] | None
+) -> pa.Table:
+    idx = np.flatnonzero(mask)
+    sub = t.take(pa.array(idx, pa.int64()))
+    ids = sub.column("image_id").to_pylist()
+    hashes = {
+        h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
+    }
+    quality = {name: _col(sub, name) for name in ("megapixels", "sharpness_score", "size_bytes")}
+    return find_near_duplicates(ids, hashes, thresholds=thresholds, rule=rule, quality=quality)

@@ -1,0 +1,40 @@
+"""``flags`` (PASS 2): routing flags derived from PASS 0/1 outputs; see :mod:`exokiratory.flags`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from exokiratory.flags import FLAGS_INPUT_SQL, FLAGS_SCHEMA, FlagsParams, derive_flags
+from exokiratory.layout import FLAGS
+from exokiratory.passes.base import Derivation
+
+if TYPE_CHECKING:
+    from exokiratory.catalog import Catalog
+
+
+class FlagsDerivation(Derivation):
+    name = "flags"
+    dataset = FLAGS
+    version = "v1"
+    depends_on = ("sense",)
+    Params = FlagsParams
+    description = "PASS 2 routing flags (junk, duplicates, outliers, text-heavy...)"
+
+    #: the unit passes whose outputs the flags read (their folders join the input fingerprint)
+    reads = ("sense", "probe")
+
+    def output_schema(self) -> pa.Schema:
+        return FLAGS_SCHEMA
+
+    def derive(self, catalog: Catalog) -> pa.Table:
+        if "features" not in catalog.views:
+            raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
+        has_probe = "probe" in catalog.views
+        sql = FLAGS_INPUT_SQL.format(
+            probe_cols=", pr.error AS probe_error" if has_probe else "",
+            probe_join="LEFT JOIN probe pr USING (image_id)" if has_probe else "",
+        )
+        table = catalog.query(sql)
+        return derive_flags(table, self.params, self.full_version)  # type: ignore[arg-type]
