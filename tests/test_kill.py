@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,19 @@ def _run_to_end(cmd: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def _kill_at(cmd: list[str], delay: float) -> bool:
-    """Start ``cmd`` in its own process group and SIGKILL the whole group after ``delay``.
-    Returns True if the process was still running when killed."""
+def _kill_at(cmd: list[str], delay: float, progress: Callable[[], int] | None = None) -> bool:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group ``delay`` seconds
+    after it starts or, with ``progress``, ``delay`` seconds after ``progress()`` first grows
+    (the process has committed new work). Returns True if it was still running when killed."""
+    base = progress() if progress else 0
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
+        if progress is not None:
+            deadline = time.monotonic() + 120
+            while progress() <= base and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
         proc.wait(timeout=delay)
         return False
     except subprocess.TimeoutExpired:
@@ -69,17 +76,19 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sigkill_scan_then_rerun_equals_uninterrupted(tmp_path: Path, collection: Path) -> None:
     ref = _workspace(tmp_path / "ref", collection)
-    full = _run_to_end(_cli(tmp_path / "ref", "scan"))
+    _run_to_end(_cli(tmp_path / "ref", "scan"))
 
     ws = _workspace(tmp_path / "ws", collection)
     rng = random.Random(1234)
     partial_states = []
-    for _ in range(4):
-        killed = _kill_at(
-            _cli(tmp_path / "ws", "scan", "--force"), rng.uniform(0.3, max(0.4, full * 0.9))
-        )
-        n = PartDataset(ws.storage, IMAGES, ("image_id",)).read_raw(["image_id"]).num_rows
-        partial_states.append((killed, n))
+    images = PartDataset(ws.storage, IMAGES, ("image_id",))
+    for i in range(4):
+        cmd = _cli(tmp_path / "ws", "scan", "--force")
+        if i == 0:  # during start-up
+            killed = _kill_at(cmd, rng.uniform(0.05, 0.4))
+        else:  # mid-work: a random instant after the next batch commits
+            killed = _kill_at(cmd, rng.uniform(0.0, 0.3), lambda: len(images.parts()))
+        partial_states.append((killed, images.read_raw(["image_id"]).num_rows))
     _run_to_end(_cli(tmp_path / "ws", "scan", "--force"))
     assert any(k and n > 0 for k, n in partial_states), partial_states  # really killed mid-work
 
@@ -97,18 +106,19 @@ def test_sigkill_scan_then_rerun_equals_uninterrupted(tmp_path: Path, collection
 def test_sigkill_run_then_rerun_equals_uninterrupted(tmp_path: Path, collection: Path) -> None:
     ref = _workspace(tmp_path / "ref", collection)
     _run_to_end(_cli(tmp_path / "ref", "scan"))
-    full = _run_to_end(_cli(tmp_path / "ref", "run", "probe", "--workers", "2"))
+    _run_to_end(_cli(tmp_path / "ref", "run", "probe", "--workers", "2"))
 
     ws = _workspace(tmp_path / "ws", collection)
     _run_to_end(_cli(tmp_path / "ws", "scan"))
     rng = random.Random(99)
     ds = PartDataset(ws.storage, "features/probe/v1", ("image_id",))
     states = []
-    for _ in range(4):
-        killed = _kill_at(
-            _cli(tmp_path / "ws", "run", "probe", "--workers", "2"),
-            rng.uniform(1.0, max(1.2, full * 0.9)),
-        )
+    for i in range(4):
+        cmd = _cli(tmp_path / "ws", "run", "probe", "--workers", "2")
+        if i == 0:  # during start-up
+            killed = _kill_at(cmd, rng.uniform(0.05, 0.4))
+        else:  # mid-work: a random instant after the next batch commits
+            killed = _kill_at(cmd, rng.uniform(0.0, 0.4), lambda: len(ds.parts()))
         states.append((killed, len(ds.parts())))
     _run_to_end(_cli(tmp_path / "ws", "run", "probe", "--workers", "2"))
     assert any(k and n > 0 for k, n in states), states

@@ -241,3 +241,16 @@ def test_hashes_accept_grey_and_tiny_images() -> None:
     assert set(tiny) == set(HASH_COLUMNS)
     with pytest.raises(ValueError):
         compute_hashes(np.zeros((0, 5, 3), dtype=np.uint8))
+
+
+def test_trim_borders_keeps_low_contrast_images_whole() -> None:
+    """A washed-out photo is not a letterbox: trimming must not crop it to a sliver."""
+    from exokiratory.sense.hashes import trim_borders
+
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0, 255, (170, 256)).astype(np.float32)
+    washed = 0.1 * content + 0.9 * 255  # 90 % white: range ~25 grey levels
+    assert trim_borders(washed).shape == washed.shape
+    boxed = np.zeros((200, 256), np.float32)
+    boxed[20:180] = content[:160]
+    assert trim_borders(boxed).shape == (160, 256)  # a real letterbox is still removed

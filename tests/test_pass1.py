@@ -149,3 +149,38 @@ def test_sense_params_write_a_new_version(ws: Workspace) -> None:
         other.output_rel.startswith("features/global/v1-")
         and other.output_rel != "features/global/v1"
     )
+
+
+def test_flat_copy_of_a_photo_joins_its_original_under_the_strict_rule(tmp_path: Path) -> None:
+    """A blurred/darkened copy can fall under the 'flat' noise cut; it must still group."""
+    src = tmp_path / "src"
+    src.mkdir()
+    photo = Image.open(skimage_data_dir() / "astronaut.png").convert("RGB")
+    photo.save(src / "astronaut.png")
+    photo.point(lambda v: int(v * 0.12)).save(src / "astronaut_dark.png")
+    for name in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        shutil.copy(skimage_data_dir() / name, src / name)
+    w = Workspace.init(tmp_path / "ws", [str(src)])
+    w.scan()
+    w.run(["sense", "flags"], workers=1)
+    f = _flags(w)
+    assert f["astronaut_dark.png"]["dup_group_id"] == f["astronaut.png"]["image_id"]
+    assert f["coffee.png"]["dup_group_id"] is None
+
+
+def test_near_duplicate_groups_are_cached_per_hash_inputs(ws: Workspace) -> None:
+    cache = Path(ws.storage.root) / "manifests/flags/_neardup"
+    files = sorted(cache.glob("*.parquet"))
+    assert len(files) == 1
+    # the cached groups are what the flags hold
+    import pyarrow.parquet as pq
+
+    cached = {r["image_id"]: r["dup_group_id"] for r in pq.read_table(files[0]).to_pylist()}
+    f = {r["image_id"]: r["dup_group_id"] for r in ws.sql("SELECT * FROM flags").to_pylist()}
+    assert cached and all(f[k] == v for k, v in cached.items())
+
+
+def test_blank_images_are_junk_not_blurry_and_thumbnails_are_odd_size(ws: Workspace) -> None:
+    f = _flags(ws)
+    assert f["black.png"]["is_junk"] and not f["black.png"]["is_blurry"]
+    assert f["tiny.png"]["is_odd_size"]  # log-scale fence: a 12x12 among photos

@@ -11,8 +11,9 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
   cleanvision).
 * ``blurry_score`` = the Crete-Roffet re-blur score (0 sharp .. 1 blurry); ``is_blurry`` when >
   ``blurry_threshold`` (0.5: real photos score 0.12-0.33, a Gaussian blur of radius 5 px at the
-  256-px working size 0.5-0.8). Differs from cleanvision, which thresholds the variance of PIL's
-  FIND_EDGES; both flag smooth gradients as blurry.
+  256-px working size 0.5-0.8), except near-blank images (blur is undefined there; they are
+  junk already). Differs from cleanvision, which thresholds the variance of PIL's FIND_EDGES
+  and finds 1 of 5 Gaussian blurs where this finds 4 (bench/flags_agreement.py).
 * ``low_information_score`` = grey entropy / 8 bits; ``is_low_information`` when <
   ``low_information_threshold`` (0.3). cleanvision uses the entropy of PIL's 768-bin RGB
   histogram x 0.1 with the same 0.3 cut.
@@ -20,8 +21,10 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
   ``grayscale_threshold`` (2.0). Unlike cleanvision (mode ``L`` only) this catches grey images
   stored as RGB or palette: on purpose, since they are what costs colour models time.
 * ``aspect_ratio_score`` = min(w/h, h/w); ``is_odd_aspect_ratio`` when < 0.35 (as cleanvision).
-* ``size_score`` = sqrt(w*h); ``is_odd_size`` when outside [Q1 - k*IQR, Q3 + k*IQR] of the
-  collection, k = ``odd_size_iqr_factor`` (3.0, as cleanvision).
+* ``size_score`` = sqrt(w*h); ``is_odd_size`` when log(size_score) is outside
+  [Q1 - k*IQR, Q3 + k*IQR] of the collection, k = ``odd_size_iqr_factor`` (3.0). cleanvision
+  applies the same fence to the linear size, whose lower fence is usually negative, so it can
+  never flag a thumbnail; image sizes are closer to log-normal.
 * ``is_tiny`` when min(w, h) < ``tiny_min_side`` px (32).
 * ``is_corrupt``: unreadable in PASS 0, or failed to decode in PASS 1 / probe; ``corrupt_reason``.
 * near duplicates: groups from the perceptual hashes (:mod:`exokiratory.neardup`):
@@ -35,9 +38,10 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
 * ``text_heavy_score`` = text_likeness_score; ``is_text_heavy`` when >= ``text_heavy_threshold``
   (0.6).
   Documents and flat graphics (text-heavy, or ``noise_score`` < ``strict_noise_threshold``) all
-  look alike to perceptual hashes (white page, black lines): they are grouped only among
-  themselves and under a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND
-  dhash <= 8), which still joins a rescaled or recompressed copy of a page.
+  look alike to perceptual hashes (white page, black lines): a pair that involves one is
+  accepted only under a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND
+  dhash <= 8), which still joins a rescaled or recompressed copy of a page, and a smoothed or
+  darkened copy of a photo (which can fall under the noise cut) to its original.
 * ``is_junk`` = corrupt, tiny, or near-blank (``low_information_score`` <
   ``junk_information_threshold`` = 0.12, about 1 bit: a low-information threshold of 0.3 also
   catches logos and flat graphics, which are not junk). ``is_worth_gpu`` = readable, not junk,
@@ -47,15 +51,18 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from exokiratory.neardup import find_near_duplicates
+from exokiratory.neardup import group_near_duplicates, make_clauses
 from exokiratory.passes.base import PassParams
 from exokiratory.sense.hashes import HASH_COLUMNS
+from exokiratory.storage import Storage
 
 OUTLIER_FEATURES: tuple[str, ...] = (
     "brightness_p50",
@@ -183,7 +190,45 @@ def outlier_scores(t: pa.Table, min_images: int) -> np.ndarray:
     return np.where(valid, z, np.nan)
 
 
-def derive_flags(t: pa.Table, p: FlagsParams, version: str) -> pa.Table:
+class NearDupCache:
+    """Near-duplicate groups depend only on the hashes and the near-duplicate parameters, and
+    their search is the one costly step of the flags (see :mod:`exokiratory.neardup`): they are
+    kept in ``<flags>/_neardup/<digest>.parquet``, so changing any other threshold re-derives
+    the flags in seconds at any collection size."""
+
+    def __init__(self, storage: Storage, dataset: str, inputs: Sequence[str], p: FlagsParams):
+        self.storage = storage
+        h = hashlib.sha256(NEARDUP_VERSION.encode())
+        keys = (
+            "near_duplicate_thresholds",
+            "strict_near_duplicate_thresholds",
+            "strict_noise_threshold",
+            "text_heavy_threshold",
+        )
+        h.update(json.dumps({k: getattr(p, k) for k in keys}, sort_keys=True).encode())
+        for rel in inputs:
+            for part in storage.walk_files(rel, ".parquet"):
+                h.update(part.encode())
+        self.folder = f"{dataset}/_neardup"
+        self.rel = f"{self.folder}/{h.hexdigest()[:16]}.parquet"
+
+    def get(self) -> pa.Table | None:
+        if not self.storage.exists(self.rel):
+            return None
+        return self.storage.read_parquet(self.rel)
+
+    def put(self, table: pa.Table) -> None:
+        for old in self.storage.list_files(self.folder, ".parquet"):
+            self.storage.remove(old)
+        self.storage.write_parquet_atomic(self.rel, table)
+
+
+NEARDUP_VERSION = "neardup-v1"
+
+
+def derive_flags(
+    t: pa.Table, p: FlagsParams, version: str, dup_cache: NearDupCache | None = None
+) -> pa.Table:
     """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL)."""
     n = t.num_rows
     ids = t.column("image_id").to_pylist()
@@ -211,11 +256,11 @@ def derive_flags(t: pa.Table, p: FlagsParams, version: str) -> pa.Table:
         size = np.sqrt(w * h)
     odd_size = np.zeros(n, dtype=bool)
     if sensed.sum() >= 4:
-        q1, q3 = np.percentile(size[sensed], [25, 75])
-        iqr = q3 - q1
-        odd_size = sensed & (
-            (size < q1 - p.odd_size_iqr_factor * iqr) | (size > q3 + p.odd_size_iqr_factor * iqr)
-        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_size = np.log(size)
+        q1, q3 = np.percentile(log_size[sensed], [25, 75])
+        k = p.odd_size_iqr_factor * (q3 - q1)
+        odd_size = sensed & ((log_size < q1 - k) | (log_size > q3 + k))
     text = _col(t, "text_likeness_score")
     outlier = outlier_scores(t, p.outlier_min_images)
 
@@ -225,7 +270,8 @@ def derive_flags(t: pa.Table, p: FlagsParams, version: str) -> pa.Table:
     with np.errstate(invalid="ignore"):
         is_dark = flag(dark, dark < p.dark_threshold)
         is_light = flag(light, light < p.light_threshold)
-        is_blurry = flag(blurry, blurry > p.blurry_threshold)
+        blank = low_info < p.junk_information_threshold
+        is_blurry = flag(blurry, (blurry > p.blurry_threshold) & ~blank)
         is_low_info = flag(low_info, low_info < p.low_information_threshold)
         is_grey = flag(grey, grey <= p.grayscale_threshold)
         is_odd_ar = flag(aspect, aspect < p.odd_aspect_ratio_threshold)
@@ -233,7 +279,11 @@ def derive_flags(t: pa.Table, p: FlagsParams, version: str) -> pa.Table:
         is_text = flag(text, text >= p.text_heavy_threshold)
         is_outlier = flag(outlier, outlier > p.outlier_threshold)
 
-    dups = near_duplicates(t, sensed, p)
+    dups = dup_cache.get() if dup_cache is not None else None
+    if dups is None:
+        dups = near_duplicates(t, sensed, p)
+        if dup_cache is not None:
+            dup_cache.put(dups)
     by_id = {r["image_id"]: r for r in dups.to_pylist()}
     dup_rows = [by_id.get(i) for i in ids]
     is_near_dup = np.array([r is not None and not r["is_canonical"] for r in dup_rows])
@@ -291,26 +341,23 @@ def _f32(x: np.ndarray) -> pa.Array:
 
 
 def near_duplicates(t: pa.Table, sensed: np.ndarray, p: FlagsParams) -> pa.Table:
-    """Near-duplicate groups among sensed images: photos under the default rule, documents and
-    flat graphics among themselves under the strict rule (see module docstring)."""
+    """Near-duplicate groups among sensed images: the default (loose) rule between photos, and
+    the strict rule between any two images; documents and flat graphics therefore pair only
+    under the strict rule, while a flat copy of a photo (blurred, darkened) still joins it."""
     with np.errstate(invalid="ignore"):
         strict = (_col(t, "text_likeness_score") >= p.text_heavy_threshold) | (
             _col(t, "noise_score") < p.strict_noise_threshold
         )
-    loose = _groups(t, sensed & ~strict, p.near_duplicate_thresholds, None)
-    tight_rule = [tuple(p.strict_near_duplicate_thresholds)]
-    tight = _groups(t, sensed & strict, p.strict_near_duplicate_thresholds, tight_rule)
-    return pa.concat_tables([loose, tight]).sort_by("image_id")
-
-
-def _groups(
-    t: pa.Table, mask: np.ndarray, thresholds: dict[str, int], rule: list[tuple[str, ...]] | None
-) -> pa.Table:
-    idx = np.flatnonzero(mask)
+    idx = np.flatnonzero(sensed)
     sub = t.take(pa.array(idx, pa.int64()))
     ids = sub.column("image_id").to_pylist()
     hashes = {
         h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
     }
     quality = {name: _col(sub, name) for name in ("megapixels", "sharpness_score", "size_bytes")}
-    return find_near_duplicates(ids, hashes, thresholds=thresholds, rule=rule, quality=quality)
+    loose = make_clauses(p.near_duplicate_thresholds, None)
+    tight = make_clauses(
+        p.strict_near_duplicate_thresholds, [tuple(p.strict_near_duplicate_thresholds)]
+    )
+    rules = [(loose, ~strict[idx]), (tight, None)]
+    return group_near_duplicates(ids, hashes, rules, quality=quality)

@@ -347,7 +347,7 @@ def _default_clauses(thresholds: Mapping[str, int]) -> list[Clause]:
     ]
 
 
-def _make_clauses(
+def make_clauses(
     thresholds: Mapping[str, int], rule: Sequence[Sequence[str]] | Sequence[Clause] | None
 ) -> list[Clause]:
     if rule is None:
@@ -468,12 +468,39 @@ def find_near_duplicates(
     group of size >= 2, sorted by ``image_id``; ``hash_distance_to_canonical`` is measured
     on ``primary`` (or the first hash given if ``primary`` is absent).
     """
+    clauses = make_clauses(thresholds or {}, rule)
+    return group_near_duplicates(ids, hashes, [(clauses, None)], quality, primary, max_identical)
+
+
+def group_near_duplicates(
+    ids: Sequence[str],
+    hashes: Mapping[str, np.ndarray],
+    rules: Sequence[tuple[Sequence[Clause], np.ndarray | None]],
+    quality: Mapping[str, Sequence[float] | np.ndarray] | None = None,
+    primary: str = "phash",
+    max_identical: int = MAX_IDENTICAL,
+) -> pa.Table:
+    """Like :func:`find_near_duplicates`, with several rules, each applied to the pairs inside
+    a subset (a boolean mask aligned with ``ids``; ``None`` = all images). The pairs of all
+    rules are merged before grouping, so a group may join images through different rules."""
     id_arr = _validate(ids, hashes)
     codes = {k: np.asarray(v, dtype=np.uint64).reshape(-1) for k, v in hashes.items()}
-    clauses = _make_clauses(thresholds or {}, rule)
     if id_arr.size < 2 or not codes:
         return OUTPUT_SCHEMA.empty_table()
-    ei, ej = rule_pairs(codes, clauses, max_identical)
+    edges_i, edges_j = [], []
+    for clauses, mask in rules:
+        if mask is None:
+            ei, ej = rule_pairs(codes, clauses, max_identical)
+        else:
+            sub = np.flatnonzero(np.asarray(mask, dtype=bool))
+            if sub.size < 2:
+                continue
+            si, sj = rule_pairs({k: v[sub] for k, v in codes.items()}, clauses, max_identical)
+            ei, ej = sub[si], sub[sj]
+        edges_i.append(ei)
+        edges_j.append(ej)
+    ei = np.concatenate(edges_i) if edges_i else np.zeros(0, dtype=np.int64)
+    ej = np.concatenate(edges_j) if edges_j else np.zeros(0, dtype=np.int64)
     labels = connected_components(id_arr.size, ei, ej)
     sizes = np.bincount(labels, minlength=id_arr.size)[labels]
     canon = choose_canonicals(id_arr, labels, quality)

@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from exokiratory.flags import FLAGS_INPUT_SQL, FLAGS_SCHEMA, FlagsParams, derive_flags
+from exokiratory.flags import (
+    FLAGS_INPUT_SQL,
+    FLAGS_SCHEMA,
+    FlagsParams,
+    NearDupCache,
+    derive_flags,
+)
 from exokiratory.layout import FLAGS
 from exokiratory.passes.base import Derivation
 
@@ -37,4 +43,6 @@ class FlagsDerivation(Derivation):
             probe_join="LEFT JOIN probe pr USING (image_id)" if has_probe else "",
         )
         table = catalog.query(sql)
-        return derive_flags(table, self.params, self.full_version)  # type: ignore[arg-type]
+        params: FlagsParams = self.params  # type: ignore[assignment]
+        cache = NearDupCache(catalog.storage, self.dataset, self.inputs, params)
+        return derive_flags(table, params, self.full_version, dup_cache=cache)

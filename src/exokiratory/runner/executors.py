@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,6 +39,19 @@ def _failed(batch: Batch, exc: BaseException) -> BatchResult:
             finished_at=utcnow(),
         )
     )
+
+
+def _worker_context() -> mp.context.BaseContext:
+    """Workers fork from a fork server that imported the batch code once (no per-worker
+    re-import, and no fork of this possibly multi-threaded process); spawn where fork servers
+    do not exist. The server and its workers run one BLAS/OpenMP thread each."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["exokiratory.runner.batch", "exokiratory.passes"])
+    return ctx
 
 
 class Executor(ABC):
@@ -69,11 +83,14 @@ class LocalExecutor(Executor):
             return
         self._run_pool(p, ctx, iter(batches), on_done)
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=_worker_context())
+
     def _run_pool(
         self, p: Pass, ctx: BatchContext, batches: Iterator[Batch], on_done: OnDone
     ) -> None:
         max_in_flight = 2 * self.workers
-        pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        pool = self._new_pool()
         inflight: dict[Future[BatchResult], Batch] = {}
         exhausted = False
         try:
@@ -95,7 +112,7 @@ class LocalExecutor(Executor):
                         log.error("%s: a worker process died during batch %s", p.name, b.name)
                         res = _failed(b, exc)
                         pool.shutdown(cancel_futures=True)
-                        pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+                        pool = self._new_pool()
                         for other_fut, other in list(inflight.items()):
                             on_done(other, _failed(other, exc))
                             inflight.pop(other_fut)

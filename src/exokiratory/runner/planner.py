@@ -58,6 +58,17 @@ def part_name(units: pa.Table, columns: list[str]) -> str:
     return f"part-{int(first):012d}-{h.hexdigest()[:16]}.parquet"
 
 
+def balanced_batch_size(n_units: int, batch_size: int, workers: int) -> int:
+    """``batch_size``, or less when there are too few units to give every worker two batches.
+
+    Large runs keep the configured size (few, large parts); a small run is split evenly so that
+    no worker idles while another processes most of the units.
+    """
+    if n_units <= 0:
+        return batch_size
+    return max(1, min(batch_size, -(-n_units // (2 * max(1, workers)))))
+
+
 def plan(
     p: Pass,
     catalog: Catalog,
@@ -65,6 +76,7 @@ def plan(
     batch_size: int,
     limit: int | None = None,
     retry_errors: bool = False,
+    workers: int = 1,
 ) -> Plan:
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
@@ -96,4 +108,5 @@ def plan(
     n_ok, n_failed = (int(counts[0]), int(counts[1])) if counts else (0, 0)
     if limit is not None:
         todo = todo.slice(0, limit)
-    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, batch_size)
+    size = balanced_batch_size(todo.num_rows, batch_size, workers)
+    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size)

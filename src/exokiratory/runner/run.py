@@ -59,7 +59,14 @@ def run_pass(
 ) -> RunReport:
     t0 = time.monotonic()
     with Catalog(storage, [p]) as cat:
-        the_plan = plan(p, cat, batch_size=batch_size, limit=limit, retry_errors=retry_errors)
+        the_plan = plan(
+            p,
+            cat,
+            batch_size=batch_size,
+            limit=limit,
+            retry_errors=retry_errors,
+            workers=getattr(executor, "workers", None) or 1,
+        )
     report = RunReport(
         p.name,
         p.full_version,

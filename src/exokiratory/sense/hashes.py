@@ -77,9 +77,9 @@ def to_grey(rgb: np.ndarray) -> FloatArray:
     return rgb[:, :, :3].astype(np.float32) @ _LUMA
 
 
-def _leading_border(profile: FloatArray, limit: int) -> int:
+def _leading_border(profile: FloatArray, limit: int, tol: float = BORDER_TOLERANCE) -> int:
     """Number of leading entries of ``profile`` (max deviation per line) that are border."""
-    is_content = profile[:limit] > BORDER_TOLERANCE
+    is_content = profile[:limit] > tol
     if not is_content.any():
         return limit
     return int(np.argmax(is_content))
@@ -88,17 +88,22 @@ def _leading_border(profile: FloatArray, limit: int) -> int:
 def trim_borders(grey: FloatArray) -> FloatArray:
     """Remove near-uniform border bars (letterbox, pillarbox, margins) of any colour.
 
-    A row (column) is border if all its pixels lie within ``BORDER_TOLERANCE`` of the
-    median of the outermost row (column) on that side. At most ``MAX_TRIM_FRACTION`` is
-    removed per side; a fully uniform image is returned unchanged.
+    A row (column) is border if all its pixels lie within a tolerance of the median of the
+    outermost row (column) on that side. The tolerance is ``BORDER_TOLERANCE`` grey levels,
+    scaled down for low-contrast images (a tenth of the 1-99 percentile range, at least 1
+    level): a fixed tolerance would call every row of a washed-out or very dark photo
+    "border" and crop it to a sliver. At most ``MAX_TRIM_FRACTION`` is removed per side; a
+    fully uniform image is returned unchanged.
     """
     h, w = grey.shape
+    lo, hi = np.percentile(grey, [1, 99])
+    tol = float(min(BORDER_TOLERANCE, max(1.0, 0.1 * (hi - lo))))
     lim_h = int(h * MAX_TRIM_FRACTION)
     lim_w = int(w * MAX_TRIM_FRACTION)
-    top = _leading_border(np.abs(grey - np.median(grey[0])).max(axis=1), lim_h)
-    bottom = _leading_border(np.abs(grey - np.median(grey[-1])).max(axis=1)[::-1], lim_h)
-    left = _leading_border(np.abs(grey - np.median(grey[:, 0])).max(axis=0), lim_w)
-    right = _leading_border(np.abs(grey - np.median(grey[:, -1])).max(axis=0)[::-1], lim_w)
+    top = _leading_border(np.abs(grey - np.median(grey[0])).max(axis=1), lim_h, tol)
+    bottom = _leading_border(np.abs(grey - np.median(grey[-1])).max(axis=1)[::-1], lim_h, tol)
+    left = _leading_border(np.abs(grey - np.median(grey[:, 0])).max(axis=0), lim_w, tol)
+    right = _leading_border(np.abs(grey - np.median(grey[:, -1])).max(axis=0)[::-1], lim_w, tol)
     if top + bottom >= h - 1 or left + right >= w - 1:
         return grey
     return grey[top : h - bottom, left : w - right]

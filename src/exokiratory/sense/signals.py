@@ -328,6 +328,13 @@ def _sobel_magnitude(g: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Frequency
 # --------------------------------------------------------------------------- #
+@lru_cache(maxsize=256)
+def _hann2d(h: int, w: int) -> np.ndarray:
+    return np.outer(
+        np.hanning(h) if h > 2 else np.ones(h), np.hanning(w) if w > 2 else np.ones(w)
+    ).astype(np.float32)
+
+
 @lru_cache(maxsize=64)
 def _fft_layout(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-shape constants: Hann window, band index, weights, high-freq mask."""
@@ -355,9 +362,16 @@ def _fft_layout(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def _spectral(g: np.ndarray) -> Signals:
+    """Spectral signals of the windowed grey image, zero-padded to a square frame of side
+    ``max(h, w)`` (the working size for all but small images), so that one cached frequency
+    layout serves every aspect ratio and bands mean the same frequencies across images."""
     h, w = g.shape
-    window, band, weights, consts = _fft_layout(h, w)
-    spec = np.fft.rfft2((g - g.mean()) * window)
+    side = max(h, w)
+    window = _hann2d(h, w)
+    frame = np.zeros((side, side), dtype=np.float32)
+    frame[:h, :w] = (g - g.mean()) * window
+    _, band, weights, consts = _fft_layout(side, side)
+    spec = np.fft.rfft2(frame)
     power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float64)
     band_power = np.bincount(band.ravel(), weights=(power * weights[0]).ravel(), minlength=8)
     total = float(band_power.sum())
