@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -95,35 +94,36 @@ def large_images(dest: Path) -> list[tuple[str, str]]:
     return out
 
 
-def peak_rss_of_sense(src: Path, work: Path, max_pixels: int) -> tuple[float, str]:
-    """Run ``exokiratory run sense --workers 1`` in a child; its peak RSS is one worker's peak."""
+# VmHWM (peak RSS of this process image) from /proc: unlike ru_maxrss it is not inherited
+# across fork + exec from the parent, which has just built the huge test images.
+_RSS_CHILD = """
+import os, sys
+os.environ["EXOKIRATORY_PROGRESS"] = "0"
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+from exokiratory import Workspace
+ws = Workspace(sys.argv[1])
+base = hwm()
+(rep,) = ws.run("sense", workers=1)
+print(base, hwm(), rep.summary())
+"""
+
+
+def peak_rss_of_sense(src: Path, work: Path, max_pixels: int) -> tuple[float, float, str]:
+    """Peak RSS (MB) of a fresh process that runs the sense batch in-process (one worker),
+    and its RSS after imports, before the batch."""
     Workspace.init(work, [str(src)])
     cfg = work / "exokiratory.yaml"
     cfg.write_text(
         cfg.read_text().replace("max_image_pixels: 178956970", f"max_image_pixels: {max_pixels}")
     )
-    subprocess.run([sys.executable, "-m", "exokiratory", "-q", "scan", "-w", str(work)], check=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exokiratory",
-            "-q",
-            "run",
-            "sense",
-            "--workers",
-            "1",
-            "-w",
-            str(work),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        return float("nan"), r.stdout
-    return peak / 1024, r.stdout.strip()
+    Workspace(work).scan(progress=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(work)], capture_output=True, text=True, check=True
+    ).stdout.split(" ", 2)
+    return float(out[0]), float(out[1]), out[2].strip()
 
 
 def main() -> None:
@@ -174,8 +174,10 @@ def main() -> None:
                 one = tmp / f"one-{name}"
                 one.mkdir()
                 shutil.copy(big / name, one / name)
-                rss, out = peak_rss_of_sense(one, tmp / f"wsl-{name}", 500_000_000)
-                print(f"peak RSS of a sense worker, {desc}: {rss:.0f} MB  ({out})")
+                base, peak, out = peak_rss_of_sense(one, tmp / f"wsl-{name}", 500_000_000)
+                print(
+                    f"sense worker on {desc}: peak RSS {peak:.0f} MB (after imports {base:.0f} MB); {out}"
+                )
                 shutil.rmtree(one)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
