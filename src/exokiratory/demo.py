@@ -44,8 +44,15 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
         *(r.summary() for r in reports),
         "images: " + ", ".join(f"{n} {s}" for s, n in st.images_by_status.items()),
         f"exact-duplicate paths: {st.exact_duplicate_paths}",
-        "try: exokiratory sql -w "
-        + str(root)
-        + ' "SELECT status, error, count(*) AS n FROM images GROUP BY ALL ORDER BY n DESC"',
+        *(
+            f"{d.name}: " + ", ".join(f"{k.removeprefix('is_')} {v}" for k, v in d.summary.items())
+            for d in st.derived
+            if d.summary
+        ),
+        f'try: exokiratory sql -w {root} "SELECT status, error, count(*) AS n FROM images '
+        'GROUP BY ALL ORDER BY n DESC"',
+        f'     exokiratory sql -w {root} "SELECT i.first_path, f.dup_group_id FROM flags f '
+        'JOIN images i USING (image_id) WHERE f.dup_group_id IS NOT NULL ORDER BY 2"',
+        f"     exokiratory status -w {root}",
     ]
     return "\n".join(lines)

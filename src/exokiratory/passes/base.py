@@ -36,6 +36,19 @@ class PassParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def validate_params(
+    name: str, model: type[PassParams], params: dict[str, Any] | None
+) -> PassParams:
+    """Validate ``passes.<name>`` from the config; errors name the key and the problem."""
+    try:
+        return model.model_validate(params or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"passes.{name}: {problems}") from exc
+
+
 @dataclass(frozen=True)
 class BatchContext:
     """What a batch function may use besides its units (picklable, sent to every worker)."""
@@ -73,13 +86,7 @@ class Pass(ABC):
     description: ClassVar[str] = ""
 
     def __init__(self, params: dict[str, Any] | None = None):
-        try:
-            self.params = self.Params.model_validate(params or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ValueError(f"passes.{self.name}: {problems}") from exc
+        self.params = validate_params(self.name, self.Params, params)
 
     @property
     def view_name(self) -> str:
@@ -190,13 +197,7 @@ class Derivation(ABC):
     description: ClassVar[str] = ""
 
     def __init__(self, params: dict[str, Any] | None = None):
-        try:
-            self.params = self.Params.model_validate(params or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ValueError(f"passes.{self.name}: {problems}") from exc
+        self.params = validate_params(self.name, self.Params, params)
         self.inputs: tuple[str, ...] = ("manifests/images", "manifests/paths")
 
     def bind(self, passes: Sequence[Pass]) -> None:
