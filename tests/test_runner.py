@@ -197,3 +197,29 @@ def test_ray_executor_matches_local_byte_for_byte(many: Workspace) -> None:
     assert _part_digests(many, "features/probe/v1") == local
     jobs = many.sql("SELECT DISTINCT engine FROM jobs WHERE pass_name = 'probe'").to_pylist()
     assert {j["engine"] for j in jobs} == {"local", "ray"}
+
+
+def test_prefetched_reads_keep_order_and_read_errors_are_rows(many: Workspace) -> None:
+    paths = many.sql("SELECT first_path FROM images ORDER BY image_idx").to_pylist()
+    Path(paths[5]["first_path"]).unlink()  # vanishes between scan and run
+    (rep,) = many.run("probe", workers=1, batch_size=40)
+    assert rep.processed == 40 and rep.unit_errors == 1
+    rows = many.sql("SELECT image_idx, width, error FROM probe ORDER BY image_idx").to_pylist()
+    assert [r["image_idx"] for r in rows] == list(range(40))
+    assert "FileNotFoundError" in rows[5]["error"]
+    assert [r["width"] for r in rows if r["error"] is None] == [8 + i for i in range(40) if i != 5]
+
+
+def test_status_lists_newest_errors_first(many: Workspace) -> None:
+    paths = [
+        r["first_path"]
+        for r in many.sql("SELECT first_path FROM images ORDER BY image_idx").to_pylist()
+    ]
+    Path(paths[30]).unlink()
+    many.run("probe", workers=1, batch_size=10, limit=20)  # first 20: no errors
+    many.run("probe", workers=1, batch_size=10)  # 20..39: one error
+    Path(paths[3]).unlink()
+    many.run("probe", workers=1, retry_errors=True)  # only the errored unit is retried
+    st = next(p for p in many.status().passes if p.name == "probe")
+    assert st.failed == 1 and len(st.recent_errors) == 1
+    assert "FileNotFoundError" in st.recent_errors[0][1]

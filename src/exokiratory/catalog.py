@@ -143,6 +143,13 @@ class Catalog:
                 ORDER BY {order}""",
         )
 
+    def raw_source(self, p: Pass) -> str:
+        """A FROM source over every row of a pass's parts (with ``filename``), or ''."""
+        files = self._files(p.output_rel)
+        if not files:
+            return ""
+        return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+
     def _define_derived_view(self, d: Derivation) -> None:
         from exokiratory.runner.derive import current_folder
 

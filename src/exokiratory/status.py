@@ -92,10 +92,7 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
             FROM (SELECT {keys} FROM ({p.units_sql})) w JOIN "{p.view_name}" d ON {on}"""
     )
     done, failed = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
-    errs = cat.rows(
-        f"""SELECT CAST("{p.key[0]}" AS VARCHAR), error FROM "{p.view_name}"
-            WHERE error IS NOT NULL ORDER BY 1 LIMIT {int(n_errors)}"""
-    )
+    errs = _newest_errors(cat, p, n_errors)
     failed_batches = int(
         cat.scalar("SELECT count(*) FROM jobs WHERE pass_name = ? AND status = 'failed'", [p.name])
         or 0
@@ -110,6 +107,27 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
         recent_errors=[(str(a), str(b)) for a, b in errs],
         failed_batches=failed_batches,
     )
+
+
+def _newest_errors(cat: Catalog, p: Pass, n: int) -> list[tuple[str, str]]:
+    """Current error rows, newest batch first (batch finish times from the jobs log)."""
+    src = cat.raw_source(p)
+    if not src:
+        return []
+    rows = cat.rows(
+        f"""WITH errs AS (
+              SELECT CAST(e."{p.key[0]}" AS VARCHAR) AS k, e.error,
+                     regexp_extract(e.filename, '[^/]+$') AS part
+              FROM {src} e JOIN "{p.view_name}" v USING ({", ".join(p.key)})
+              WHERE e.error IS NOT NULL AND v.error IS NOT NULL)
+            SELECT k, errs.error FROM errs
+            LEFT JOIN (SELECT batch, max(finished_at) AS t FROM jobs WHERE pass_name = ?
+                       GROUP BY batch) j ON j.batch = errs.part
+            QUALIFY row_number() OVER (PARTITION BY k ORDER BY j.t DESC NULLS LAST) = 1
+            ORDER BY j.t DESC NULLS LAST, k LIMIT {int(n)}""",
+        [p.name],
+    )
+    return [(str(a), str(b)) for a, b in rows]
 
 
 def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:

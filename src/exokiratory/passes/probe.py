@@ -39,7 +39,7 @@ class ProbePass(ImagePass):
         )
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
-        data = ctx.read_bytes(unit["path"], unit.get("source"))
+        data = unit["data"]
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:

@@ -71,7 +71,7 @@ class SensePass(ImagePass):
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
         params: SenseParams = self.params  # type: ignore[assignment]
-        data = ctx.read_bytes(unit["path"], unit.get("source"))
+        data = unit["data"]
         img = load_working_image(
             data,
             working_size=params.working_size,
