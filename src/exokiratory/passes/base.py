@@ -164,8 +164,8 @@ class ImagePass(Pass):
         """Output columns (without keys and error) for one image; ``unit["data"]`` holds the
         file's bytes (already read, possibly ahead of time by a thread)."""
 
-    #: image files read ahead by threads while the current one is processed (remote storage,
-    #: such as Drive or S3, is latency-bound); 0 reads inline
+    #: image files read ahead by threads while the current one is processed, for remote
+    #: sources (S3, GCS...: latency-bound); local and mounted files are read inline; 0 = never
     prefetch: ClassVar[int] = 4
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
@@ -199,7 +199,8 @@ class ImagePass(Pass):
             except Exception as exc:
                 return exc
 
-        if self.prefetch <= 0 or len(units) < 2:
+        remote = any("://" in u["path"] and not u["path"].startswith("file://") for u in units)
+        if self.prefetch <= 0 or len(units) < 2 or not remote:  # local reads: threads only cost
             for u in units:
                 yield u, read(u)
             return
