@@ -148,5 +148,8 @@ def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:
 
 
 def _last_run(cat: Catalog, name: str) -> str | None:
-    r = cat.scalar("SELECT CAST(max(finished_at) AS VARCHAR) FROM jobs WHERE pass_name = ?", [name])
+    r = cat.scalar(
+        "SELECT strftime(max(finished_at), '%Y-%m-%d %H:%M:%S') FROM jobs WHERE pass_name = ?",
+        [name],
+    )
     return None if r is None else str(r)
