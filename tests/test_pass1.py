@@ -184,3 +184,33 @@ def test_blank_images_are_junk_not_blurry_and_thumbnails_are_odd_size(ws: Worksp
     f = _flags(ws)
     assert f["black.png"]["is_junk"] and not f["black.png"]["is_blurry"]
     assert f["tiny.png"]["is_odd_size"]  # log-scale fence: a 12x12 among photos
+
+
+def test_large_collections_cap_near_duplicate_thresholds(caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from exokiratory.flags import FlagsParams, near_duplicates
+
+    base = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
+    flip10 = np.uint64((1 << 10) - 1)  # a copy 10 bits away in every hash
+    n = 3
+    t = pa.table(
+        {
+            "image_id": ["a", "b", "c"],
+            "phash": pa.array([base, base ^ flip10, ~base], pa.uint64()),
+            "dhash": pa.array([base, base ^ flip10, ~base], pa.uint64()),
+            "phash_center": pa.array([base, base ^ flip10, ~base], pa.uint64()),
+            "text_likeness_score": [0.0] * n,
+            "noise_score": [5.0] * n,
+            "megapixels": [1.0] * n,
+            "sharpness_score": [1.0] * n,
+            "size_bytes": [1.0] * n,
+        }
+    )
+    sensed = np.ones(n, dtype=bool)
+    assert near_duplicates(t, sensed, FlagsParams()).num_rows == 2  # phash 10 <= 12
+    capped = FlagsParams(near_duplicate_large_n=2)
+    with caplog.at_level("WARNING"):
+        assert near_duplicates(t, sensed, capped).num_rows == 0  # 10 > cap 8
+    assert "capping hash thresholds at 8" in caplog.text

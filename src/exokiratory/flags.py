@@ -42,6 +42,9 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
   accepted only under a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND
   dhash <= 8), which still joins a rescaled or recompressed copy of a page, and a smoothed or
   darkened copy of a photo (which can fall under the noise cut) to its original.
+  Above ``near_duplicate_large_n`` images (100,000) every threshold is capped at
+  ``near_duplicate_large_max_threshold`` (8), with a warning: exact multi-index search at 12
+  bits does not finish in minutes on 10^6 codes; at 8 it takes about 20 s.
 * ``is_junk`` = corrupt, tiny, or near-blank (``low_information_score`` <
   ``junk_information_threshold`` = 0.12, about 1 bit: a low-information threshold of 0.3 also
   catches logos and flat graphics, which are not junk). ``is_worth_gpu`` = readable, not junk,
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,6 +67,8 @@ from exokiratory.neardup import group_near_duplicates, make_clauses
 from exokiratory.passes.base import PassParams
 from exokiratory.sense.hashes import HASH_COLUMNS
 from exokiratory.storage import Storage
+
+log = logging.getLogger(__name__)
 
 OUTLIER_FEATURES: tuple[str, ...] = (
     "brightness_p50",
@@ -103,6 +109,12 @@ class FlagsParams(PassParams):
     )
     strict_noise_threshold: float = Field(
         0.6, ge=0, description="images with noise_score below this are 'flat' (graphics, UI)"
+    )
+    near_duplicate_large_n: int = Field(
+        100_000, ge=2, description="above this many images, cap the searched thresholds"
+    )
+    near_duplicate_large_max_threshold: int = Field(
+        8, ge=0, le=16, description="cap on every rule threshold for large collections"
     )
     junk_information_threshold: float = Field(
         0.12, ge=0, le=1, description="low_information_score below this is junk (near-blank)"
@@ -355,9 +367,18 @@ def near_duplicates(t: pa.Table, sensed: np.ndarray, p: FlagsParams) -> pa.Table
         h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
     }
     quality = {name: _col(sub, name) for name in ("megapixels", "sharpness_score", "size_bytes")}
-    loose = make_clauses(p.near_duplicate_thresholds, None)
-    tight = make_clauses(
-        p.strict_near_duplicate_thresholds, [tuple(p.strict_near_duplicate_thresholds)]
-    )
+    loose_t, tight_t = dict(p.near_duplicate_thresholds), dict(p.strict_near_duplicate_thresholds)
+    if len(ids) > p.near_duplicate_large_n:
+        cap = p.near_duplicate_large_max_threshold
+        log.warning(
+            "near duplicates among %d images: capping hash thresholds at %d (exact search at "
+            "larger thresholds does not scale; see passes.flags.near_duplicate_large_n)",
+            len(ids),
+            cap,
+        )
+        loose_t = {k: min(v, cap) for k, v in loose_t.items()}
+        tight_t = {k: min(v, cap) for k, v in tight_t.items()}
+    loose = make_clauses(loose_t, None)
+    tight = make_clauses(tight_t, [tuple(tight_t)])
     rules = [(loose, ~strict[idx]), (tight, None)]
     return group_near_duplicates(ids, hashes, rules, quality=quality)
