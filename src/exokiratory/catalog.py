@@ -43,6 +43,17 @@ def _shared_database() -> duckdb.DuckDBPyConnection:
     return _DATABASE
 
 
+def _no_half(t: pa.DataType) -> pa.DataType:
+    """float16 -> float32 (DuckDB reads float16 Parquet as FLOAT but cannot register it)."""
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_no_half(t.value_type), t.list_size)
+    if pa.types.is_list(t):
+        return pa.list_(_no_half(t.value_type))
+    return t
+
+
 def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
 
@@ -70,7 +81,10 @@ class Catalog:
                 self._define_derived_view(p)
             else:
                 self._define_pass_view(p)
-        if "flags" in self.views:
+        from exokiratory.layout import FLAGS
+        from exokiratory.runner.derive import current_folder
+
+        if "flags" in self.views and current_folder(storage, FLAGS) is not None:
             self._view(
                 "images_routed",
                 "SELECT i.* FROM images i JOIN flags f USING (image_id) WHERE f.is_worth_gpu "
@@ -92,6 +106,7 @@ class Catalog:
         if schema is None:
             return ""
         name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
+        schema = pa.schema([f.with_type(_no_half(f.type)) for f in schema])
         empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
         self.con.register(name, empty)
         return name

@@ -15,6 +15,27 @@ log = logging.getLogger(__name__)
 DEMO_MARKER = ".exokiratory-demo"
 
 
+TINY_NOTE = (
+    "embeddings in this demo come from the 'tiny' profile: RANDOM-WEIGHT models of the real "
+    "CLIP / DINOv2 architectures (no download). They exercise the plumbing and mean nothing; set "
+    "passes.embed-clip.model / passes.embed-dino.model to 'lite' or 'full' for real ones."
+)
+
+
+def _use_tiny_models(ws: Workspace) -> None:
+    """The demo runs offline: embedding passes use the random-weight tiny profile (said so)."""
+    from exokiratory.config import render_config
+
+    changed = False
+    for name in ("embed-clip", "embed-dino"):
+        if "model" not in ws.config.passes.get(name, {}):
+            ws.config.passes[name] = {**ws.config.passes.get(name, {}), "model": "tiny"}
+            changed = True
+    if changed:
+        ws.storage.write_bytes_atomic(CONFIG_FILE, render_config(ws.config).encode("utf-8"))
+        ws.reload_config()
+
+
 def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | None = None) -> str:
     """Create (or resume) a demo workspace at ``root`` and return a text summary.
 
@@ -35,6 +56,7 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
         log.info("demo collection: %d files (%s) in %s", len(items), dict(kinds), images)
         (images / DEMO_MARKER).write_text("written by exokiratory demo\n")
     ws = Workspace.init(root, [str(images)], exist_ok=True)
+    _use_tiny_models(ws)
     scan = ws.scan(progress=progress)
     reports = ws.run("all", workers=workers, progress=progress)
     st = ws.status()
@@ -55,4 +77,6 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
         'JOIN images i USING (image_id) WHERE f.dup_group_id IS NOT NULL ORDER BY 2"',
         f"     exokiratory status -w {root}",
     ]
+    if any(r.pass_name.startswith("embed") for r in reports if hasattr(r, "pass_name")):
+        lines.insert(len(lines) - 3, "note: " + TINY_NOTE)
     return "\n".join(lines)

@@ -84,13 +84,17 @@ def workspace_status(
 
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
-    keys = ", ".join(f'"{k}"' for k in p.key)
     on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.key)
-    wanted = int(cat.scalar(f"SELECT count(*) FROM ({p.units_sql})") or 0)
-    counts = cat.rows(
-        f"""SELECT count(*) FILTER (WHERE d.error IS NULL), count(*) FILTER (WHERE d.error IS NOT NULL)
-            FROM (SELECT {keys} FROM ({p.units_sql})) w JOIN "{p.view_name}" d ON {on}"""
-    )
+    wanted_units = p.units(cat).select(list(p.key))
+    cat.con.register("_wanted_units", wanted_units)
+    try:
+        counts = cat.rows(
+            f"""SELECT count(*) FILTER (WHERE d.error IS NULL),
+                       count(*) FILTER (WHERE d.error IS NOT NULL)
+                FROM _wanted_units w JOIN "{p.view_name}" d ON {on}"""
+        )
+    finally:
+        cat.con.unregister("_wanted_units")
     done, failed = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
     errs = _newest_errors(cat, p, n_errors)
     failed_batches = int(
@@ -99,12 +103,12 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
     )
     return PassStatus(
         name=p.name,
-        version=p.version,
-        wanted=wanted,
+        version=p.full_version,
+        wanted=wanted_units.num_rows,
         done=done,
         failed=failed,
         last_run=_last_run(cat, p.name),
-        recent_errors=[(str(a), str(b)) for a, b in errs],
+        recent_errors=errs,
         failed_batches=failed_batches,
     )
 

@@ -83,13 +83,20 @@ class Workspace:
         """Pass objects configured from ``passes.<name>`` in the config, in pipeline order."""
         wanted = list(names) if names else pass_names()
         if "all" in wanted:
-            wanted = pass_names()
+            wanted = [
+                n
+                for n in pass_names()
+                if get_pass(n, self.config.passes.get(n)).in_all(n in self.config.passes)
+            ]
         unknown = [n for n in wanted if n not in pass_names()]
         if unknown:
             raise ValueError(f"unknown pass(es) {unknown}; known: {', '.join(pass_names())}")
         order = [c.name for c in PASS_CLASSES]
         wanted = sorted(dict.fromkeys(wanted), key=order.index)
         steps = [get_pass(n, self.config.passes.get(n)) for n in wanted]
+        for step in steps:
+            if hasattr(step, "workspace_url"):
+                step.workspace_url = self.storage.url
         if any(isinstance(s, Derivation) for s in steps):
             units = [s for s in self._all_steps() if isinstance(s, Pass)]
             for s in steps:
@@ -133,19 +140,34 @@ class Workspace:
             engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
         )
         reports: list[RunReport | DeriveReport] = []
+        explicit = "all" not in names
         for p in self.passes(names):
             if isinstance(p, Derivation):
                 reports.append(run_derivation(p, self.storage, self.catalog))
                 continue
+            missing = p.missing_requirement()
+            if missing is not None:
+                if explicit:
+                    raise RuntimeError(f"pass {p.name} {missing}")
+                log.warning("skipping pass %s: it %s", p.name, missing)
+                continue
+            # A model pass runs one model per process: in-process locally (torch uses every core
+            # itself, and a GPU holds one copy), one GPU per task on Ray.
+            ex = (
+                executor
+                if (p.resources != "gpu" or executor.name == "ray")
+                else make_executor("local", 1)
+            )
             rep = run_pass(
                 p,
                 self.storage,
                 self.batch_context(),
-                executor,
+                ex,
                 batch_size=batch_size or rc.batch_size,
                 limit=limit,
                 retry_errors=retry_errors,
                 progress=progress,
+                catalog=self.catalog,
             )
             log.debug("%s", rep.summary())
             reports.append(rep)

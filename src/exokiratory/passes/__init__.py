@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, PassParams
+from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
 from exokiratory.passes.flags import FlagsDerivation
 from exokiratory.passes.probe import ProbePass
 from exokiratory.passes.sense import SensePass
@@ -16,7 +17,13 @@ from exokiratory.passes.sense import SensePass
 Step = Pass | Derivation
 
 #: Pass classes in pipeline order.
-PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (ProbePass, SensePass, FlagsDerivation)
+PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
+    ProbePass,
+    SensePass,
+    FlagsDerivation,
+    ClipEmbedPass,
+    DinoEmbedPass,
+)
 
 REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}
 

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class PassSetupError(RuntimeError):
+    """A pass cannot run at all (e.g. its model cannot be loaded): the batch fails as a whole,
+    without the unit-by-unit retry, and the run stops that pass."""
+
+
 class PassParams(BaseModel):
     """Parameters of a pass, from ``passes.<name>`` in the workspace config. Strict."""
 
@@ -93,6 +98,14 @@ class Pass(ABC):
     @property
     def view_name(self) -> str:
         return self.name.replace("-", "_")
+
+    def missing_requirement(self) -> str | None:
+        """Why this pass cannot run in this environment (e.g. an extra not installed), or None."""
+        return None
+
+    def in_all(self, configured: bool) -> bool:
+        """Whether ``run all`` includes this pass (``configured``: it has a config section)."""
+        return True
 
     @property
     def full_version(self) -> str:
@@ -252,6 +265,9 @@ class Derivation(ABC):
     @property
     def view_name(self) -> str:
         return self.name.replace("-", "_")
+
+    def in_all(self, configured: bool) -> bool:
+        return True
 
     @property
     def full_version(self) -> str:

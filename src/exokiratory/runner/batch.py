@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from exokiratory.dataset import PartDataset
-from exokiratory.passes.base import BatchContext, Pass
+from exokiratory.passes.base import BatchContext, Pass, PassSetupError
 from exokiratory.runner.jobs import JobRecord, utcnow
 from exokiratory.runner.planner import Batch
 from exokiratory.storage import Storage
@@ -50,7 +50,9 @@ def run_batch(p: Pass, ctx: BatchContext, batch: Batch) -> BatchResult:
     limit_native_threads()
     started = utcnow()
     storage = Storage(ctx.workspace_url, ctx.storage_options)
-    ds = PartDataset(storage, p.output_rel, p.key, p.output_schema())
+    # no schema here: compute_batch casts to p.output_schema() as it is after the batch ran (a
+    # model pass learns its embedding size once its model is loaded)
+    ds = PartDataset(storage, p.output_rel, p.key)
     if ds.part_exists(batch.name):
         return BatchResult(JobRecord(batch.name, "skipped", batch.n_units, started_at=started))
     table = compute_batch(p, ctx, batch.units)
@@ -74,6 +76,8 @@ def compute_batch(p: Pass, ctx: BatchContext, units: pa.Table) -> pa.Table:
     """Rows for a batch; if the batch function fails as a whole, isolate units one by one."""
     try:
         table = p.process_batch(units, ctx)
+    except PassSetupError:
+        raise
     except Exception as exc:
         log.warning(
             "%s: batch failed (%s); retrying its %d units one by one", p.name, exc, units.num_rows

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from exokiratory.passes.base import BatchContext, Pass
+from exokiratory.passes.base import BatchContext, Pass, PassSetupError
 from exokiratory.runner.batch import BatchResult, run_batch
 from exokiratory.runner.jobs import JobRecord, utcnow
 from exokiratory.runner.planner import Batch
@@ -76,6 +76,10 @@ class LocalExecutor(Executor):
             for b in batches:
                 try:
                     res = run_batch(p, ctx, b)
+                except PassSetupError as exc:
+                    log.error("%s cannot run: %s", p.name, exc)
+                    on_done(b, _failed(b, exc))
+                    return  # every other batch would fail the same way
                 except Exception as exc:
                     log.error("%s: batch %s failed: %s", p.name, b.name, exc)
                     res = _failed(b, exc)

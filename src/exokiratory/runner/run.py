@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exokiratory.catalog import Catalog
@@ -56,9 +57,12 @@ def run_pass(
     limit: int | None = None,
     retry_errors: bool = False,
     progress: bool | None = None,
+    catalog: Callable[[], Catalog] | None = None,
 ) -> RunReport:
+    """Plan ``p`` (with ``catalog()``, which must define every view the pass's units need;
+    default: a catalog of the pass alone), then run its batches on ``executor``."""
     t0 = time.monotonic()
-    with Catalog(storage, [p]) as cat:
+    with catalog() if catalog is not None else Catalog(storage, [p]) as cat:
         the_plan = plan(
             p,
             cat,

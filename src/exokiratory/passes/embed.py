@@ -1,0 +1,220 @@
+"""``embed-clip`` / ``embed-dino``: global image embeddings (the semantic and structural backbone).
+
+One row per image in ``embeddings/<space>/<model>/``: ``image_id``, ``image_idx``, the
+L2-normalised ``embedding`` (float16 by default), ``model_id``, ``revision`` and ``error``.
+By default only the images that routing says are worth GPU time (``images_routed``; all readable
+images when no flags exist yet); ``passes.embed-clip.routed_only: false`` embeds every readable
+image. The model is loaded once per worker process (:mod:`exokiratory.models`); images of a
+batch are read, decoded and preprocessed by threads while the model runs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageOps
+from pydantic import Field
+
+from exokiratory.models.dims import embedding_dim
+from exokiratory.models.registry import ModelSpec, model_slug, resolve
+from exokiratory.passes.base import (
+    IMAGE_UNITS_SQL,
+    BatchContext,
+    ImagePass,
+    PassParams,
+    PassSetupError,
+)
+
+if TYPE_CHECKING:
+    from exokiratory.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+ROUTED_UNITS_SQL = (
+    """
+SELECT u.* FROM ("""
+    + IMAGE_UNITS_SQL
+    + """) u
+JOIN images_routed r USING (image_id)
+ORDER BY u.image_idx
+"""
+)
+
+
+class EmbedParams(PassParams):
+    model: str = Field("lite", description="profile (full, lite, tiny), hub id, or local folder")
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    forward_batch_size: int = Field(32, ge=1, description="images per forward; halves on OOM")
+    routed_only: bool = True
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    decode_threads: int = Field(4, ge=1, le=64)
+
+
+class EmbedPass(ImagePass):
+    """Base of the CLIP and DINOv2 embedding passes."""
+
+    role: ClassVar[str]
+    dataset = "embeddings"
+    version = "v1"
+    resources = "gpu"
+    Params = EmbedParams
+
+    @property
+    def spec(self) -> ModelSpec:
+        params: EmbedParams = self.params  # type: ignore[assignment]
+        spec = resolve(self.role, params.model)
+        if params.revision is not None:
+            spec = ModelSpec(spec.role, spec.model_id, params.revision, spec.space)
+        return spec
+
+    @property
+    def view_name(self) -> str:
+        return f"embeddings_{self.role}"
+
+    def in_all(self, configured: bool) -> bool:
+        """Model passes download weights: ``run all`` includes them only once the workspace
+        config names them (``passes.embed-clip: {model: lite}``; the demo uses ``tiny``)."""
+        return configured
+
+    def missing_requirement(self) -> str | None:
+        import importlib.util
+
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
+        return None
+
+    @property
+    def output_rel(self) -> str:
+        return f"embeddings/{self.spec.space}/{model_slug(self.spec.model_id)}"
+
+    @property
+    def full_version(self) -> str:
+        return f"{self.version}:{self.spec.model_id}@{self.spec.revision or 'main'}"
+
+    def units(self, catalog: Catalog) -> pa.Table:
+        params: EmbedParams = self.params  # type: ignore[assignment]
+        if params.routed_only and "images_routed" in catalog.views:
+            return catalog.query(ROUTED_UNITS_SQL)
+        return catalog.query(IMAGE_UNITS_SQL)
+
+    def _value_type(self) -> pa.DataType:
+        params: EmbedParams = self.params  # type: ignore[assignment]
+        return pa.float16() if params.storage_dtype == "float16" else pa.float32()
+
+    #: set by the workspace: where model weights are cached (see :func:`cache_dir_for`)
+    workspace_url: str | None = None
+
+    def output_schema(self) -> pa.Schema:
+        spec = self.spec
+        folders = []
+        if self.workspace_url is not None:
+            folders.append(f"{cache_dir_for(self.workspace_url)}/{model_slug(spec.model_id)}")
+        dim = embedding_dim(spec.role, spec.model_id, folders)
+        vt = self._value_type()
+        emb = pa.list_(vt, dim) if dim else pa.list_(vt)
+        return pa.schema(
+            [
+                pa.field("image_id", pa.string(), nullable=False),
+                pa.field("image_idx", pa.int64(), nullable=False),
+                pa.field("embedding", emb),
+                pa.field("model_id", pa.string()),
+                pa.field("revision", pa.string()),
+                pa.field("error", pa.string()),
+            ]
+        )
+
+    def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        raise NotImplementedError("EmbedPass works on whole batches")  # pragma: no cover
+
+    def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
+        from exokiratory.models.vision import load_embedder
+
+        params: EmbedParams = self.params  # type: ignore[assignment]
+        try:
+            embedder = load_embedder(self.spec, cache_dir_for(ctx.workspace_url), params.device)
+        except Exception as exc:
+            raise PassSetupError(
+                f"cannot load model {self.spec.model_id!r}: {type(exc).__name__}: {exc}. "
+                "Offline? Point passes."
+                f"{self.name}.model at a local folder, or use the 'tiny' profile for plumbing."
+            ) from exc
+        rows = units.to_pylist()
+
+        def prepare(unit: dict[str, Any]) -> np.ndarray | str:
+            try:
+                data = ctx.read_bytes(unit["path"], unit.get("source"))
+                with Image.open(io.BytesIO(data)) as im:
+                    if im.width * im.height > ctx.max_image_pixels:
+                        return "ValueError: decompression bomb: over the pixel limit"
+                    im.draft("RGB", (embedder.image_size * 2, embedder.image_size * 2))
+                    rgb = ImageOps.exif_transpose(im).convert("RGB")
+                return embedder.preprocess(rgb)
+            except Exception as exc:  # a bad image is a row, never a crash
+                return f"{type(exc).__name__}: {exc}"
+
+        with ThreadPoolExecutor(params.decode_threads, thread_name_prefix="exo-embed") as pool:
+            prepared = list(pool.map(prepare, rows))
+        good = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
+        vectors = (
+            embedder.embed_pixels(np.stack([prepared[i] for i in good]))
+            if good
+            else np.zeros((0, embedder.dim), np.float32)
+        )
+        return self._table(rows, prepared, good, vectors)
+
+    def _table(
+        self, rows: list[dict[str, Any]], prepared: list[Any], good: list[int], vectors: np.ndarray
+    ) -> pa.Table:
+        schema = self.output_schema()
+        dim = vectors.shape[1]
+        np_dtype = np.float16 if self._value_type() == pa.float16() else np.float32
+        by_row = {row: vectors[k] for k, row in enumerate(good)}
+        flat = np.zeros((len(rows), dim), np_dtype)
+        valid = np.zeros(len(rows), bool)
+        for i, vec in by_row.items():
+            flat[i] = vec
+            valid[i] = True
+        values = pa.array(flat.reshape(-1), type=self._value_type())
+        emb = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~valid))
+        spec = self.spec
+        table = pa.table(
+            {
+                "image_id": [r["image_id"] for r in rows],
+                "image_idx": [r["image_idx"] for r in rows],
+                "embedding": emb,
+                "model_id": [spec.model_id if valid[i] else None for i in range(len(rows))],
+                "revision": [spec.revision if valid[i] else None for i in range(len(rows))],
+                "error": [None if valid[i] else str(prepared[i]) for i in range(len(rows))],
+            }
+        )
+        return table.cast(schema)
+
+
+def cache_dir_for(workspace_url: str) -> str:
+    """Model weights live under the workspace's cache/models (local and mounted workspaces, so a
+    new Colab kernel does not download them again); for object-store workspaces, which a model
+    loader cannot write into, under ~/.cache/exokiratory."""
+    if "://" in workspace_url and not workspace_url.startswith("file://"):
+        import os
+
+        return os.path.join(os.path.expanduser("~"), ".cache", "exokiratory")
+    return f"{workspace_url.rstrip('/')}/cache/models"
+
+
+class ClipEmbedPass(EmbedPass):
+    name = "embed-clip"
+    role = "clip"
+    description = "CLIP global image embeddings (ViT-L/14 full, ViT-B/32 lite)"
+
+
+class DinoEmbedPass(EmbedPass):
+    name = "embed-dino"
+    role = "dino"
+    description = "DINOv2 global image embeddings (ViT-L/14 full, ViT-S/14 lite)"

@@ -1,0 +1,112 @@
+"""Embedding passes through the workspace, with tiny random-weight CLIP / DINOv2 models built
+locally and loaded through the same path as real checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from exokiratory import Workspace
+from exokiratory.config import render_config
+
+from .conftest import skimage_data_dir
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("embed")
+    src = root / "src"
+    src.mkdir()
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"):
+        shutil.copy(skimage_data_dir() / name, src / name)
+    from PIL import Image
+
+    Image.open(skimage_data_dir() / "astronaut.png").resize((256, 256)).save(
+        src / "astro_small.jpg"
+    )
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50 + b"IEND")
+    w = Workspace.init(root / "ws", [str(src)])
+    w.config.passes["embed-clip"] = {"model": "tiny", "forward_batch_size": 2}
+    w.config.passes["embed-dino"] = {"model": "tiny", "routed_only": False}
+    w.storage.write_bytes_atomic("exokiratory.yaml", render_config(w.config).encode())
+    w = Workspace(root / "ws")
+    w.scan()
+    w.run(["sense", "flags", "embed-clip", "embed-dino"], workers=1)
+    return w
+
+
+def _vectors(ws: Workspace, view: str) -> dict[str, np.ndarray]:
+    rows = ws.sql(f"SELECT image_id, embedding FROM {view} WHERE error IS NULL").to_pylist()
+    return {r["image_id"]: np.asarray(r["embedding"], np.float32) for r in rows}
+
+
+def test_rows_are_unit_vectors_of_the_model_dimension(ws: Workspace) -> None:
+    clip = _vectors(ws, "embeddings_clip")
+    dino = _vectors(ws, "embeddings_dino")
+    assert clip and dino
+    for vecs in (clip, dino):
+        dims = {v.shape[0] for v in vecs.values()}
+        assert len(dims) == 1
+        for v in vecs.values():
+            assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-2  # float16 storage
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(ws.storage.root) / "embeddings" / "clip" / "tiny-clip").glob("*.parquet"))
+    stored = pq.read_schema(parts[0]).field("embedding").type
+    assert pa.types.is_fixed_size_list(stored) and pa.types.is_float16(stored.value_type)
+    meta = ws.sql("SELECT DISTINCT model_id FROM embeddings_clip WHERE error IS NULL").to_pylist()
+    assert meta == [{"model_id": "tiny:clip"}]
+
+
+def test_routed_only_by_default_all_when_asked(ws: Workspace) -> None:
+    routed = {r["image_id"] for r in ws.sql("SELECT image_id FROM images_routed").to_pylist()}
+    ok = {
+        r["image_id"] for r in ws.sql("SELECT image_id FROM images WHERE status = 'ok'").to_pylist()
+    }
+    assert set(_vectors(ws, "embeddings_clip")) == routed
+    assert set(_vectors(ws, "embeddings_dino")) == ok
+    assert routed < ok  # the near-duplicate (resized) copy is not routed
+
+
+def test_resume_and_status(ws: Workspace) -> None:
+    reports = ws.run(["embed-clip", "embed-dino"])
+    assert all(r.planned == 0 for r in reports)  # type: ignore[union-attr]
+    st = {p.name: p for p in ws.status().passes}
+    assert st["embed-clip"].remaining == 0 and st["embed-clip"].done > 0
+    assert st["embed-clip"].version.startswith("v1:tiny:clip")
+
+
+def test_weights_are_cached_in_the_workspace(ws: Workspace) -> None:
+    cache = Path(ws.storage.root) / "cache" / "models"
+    assert (cache / "tiny-clip" / "config.json").exists()
+    assert (cache / "tiny-dino" / "config.json").exists()
+
+
+def test_model_passes_join_run_all_only_when_configured(tmp_path: Path) -> None:
+    w = Workspace.init(tmp_path / "ws", [str(tmp_path)])
+    assert [p.name for p in w.passes(["all"])] == ["probe", "sense", "flags"]
+    w.config.passes["embed-dino"] = {"model": "tiny"}
+    assert [p.name for p in w.passes(["all"])] == ["probe", "sense", "flags", "embed-dino"]
+
+
+def test_an_unloadable_model_fails_the_pass_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("astronaut.png", "coffee.png", "chelsea.png"):
+        shutil.copy(skimage_data_dir() / name, src / name)
+    empty_model = tmp_path / "not-a-model"
+    empty_model.mkdir()
+    w = Workspace.init(tmp_path / "ws", [str(src)])
+    w.config.passes["embed-clip"] = {"model": str(empty_model)}
+    w.scan()
+    (rep,) = w.run("embed-clip", batch_size=1)
+    assert rep.batches_failed == 1 and rep.processed == 0  # stopped after the first batch
+    assert "cannot load model" in rep.failures[0]
+    assert w.sql("SELECT count(*) AS n FROM embeddings_clip").to_pylist() == [{"n": 0}]
