@@ -245,6 +245,62 @@ def _cell(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+index_app = typer.Typer(
+    help="FAISS similarity indices over stored embeddings.", no_args_is_help=True
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    spaces: Annotated[
+        list[str] | None, typer.Argument(help="clip and/or dino (default: both present)")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    kind: Annotated[str, typer.Option(help="auto | flat (exact) | hnsw")] = "auto",
+) -> None:
+    """Build or extend indices/<space>.faiss with its id map and metadata."""
+    ws = _open(workspace)
+    with ws.catalog() as cat:
+        present = [s for s in ("clip", "dino") if f"embeddings_{s}" in cat.views]
+    for space in spaces or present:
+        out.print(ws.build_index(space, kind).summary(), soft_wrap=True)
+
+
+def _print_hits(table: pa.Table, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(table.to_pylist(), default=str, ensure_ascii=False) + "\n")
+    else:
+        out.print(_rich_table(table, table.num_rows))
+
+
+@app.command()
+def search(
+    workspace: WorkspaceOpt = None,
+    text: Annotated[str | None, typer.Option(help="Text query (CLIP).")] = None,
+    image: Annotated[str | None, typer.Option(help="An image id or an image file.")] = None,
+    space: Annotated[str, typer.Option(help="clip | dino")] = "clip",
+    k: Annotated[int, typer.Option("-k", help="Number of results.", min=1)] = 10,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """Nearest images to a text or an image, from the FAISS index of a space."""
+    ws = _open(workspace)
+    _print_hits(ws.search(text=text, image=image, space=space, k=k), fmt)
+
+
+@app.command()
+def similar(
+    image_id: Annotated[str, typer.Argument(help="A registered image id.")],
+    workspace: WorkspaceOpt = None,
+    space: Annotated[str, typer.Option(help="clip | dino")] = "clip",
+    k: Annotated[int, typer.Option("-k", min=1)] = 10,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """Nearest images to a registered image (itself first)."""
+    ws = _open(workspace)
+    _print_hits(ws.similar(image_id, space=space, k=k), fmt)
+
+
 @app.command()
 def demo(
     workspace: Annotated[

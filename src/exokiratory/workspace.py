@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from exokiratory.catalog import Catalog
@@ -32,6 +33,9 @@ from exokiratory.storage import Storage
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from exokiratory.indices import IndexReport
+    from exokiratory.passes.embed import EmbedPass
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,81 @@ class Workspace:
             log.debug("%s", rep.summary())
             reports.append(rep)
         return reports
+
+    # -- similarity --------------------------------------------------------------------------
+    def build_index(self, space: str = "clip", kind: str = "auto") -> IndexReport:
+        """Build or extend the FAISS index of ``space`` (clip | dino) from stored embeddings."""
+        from exokiratory.indices import build_index
+
+        with self.catalog() as cat:
+            return build_index(self.storage, cat, space, kind)
+
+    def _embed_pass(self, space: str) -> EmbedPass:
+        from exokiratory.passes.embed import EmbedPass
+
+        name = f"embed-{space}"
+        (p,) = self.passes([name])
+        if not isinstance(p, EmbedPass):
+            raise TypeError(f"{name} is not an embedding pass")
+        return p
+
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image: str | None = None,
+        space: str = "clip",
+        k: int = 10,
+    ) -> pa.Table:
+        """Nearest images to a text (CLIP only), an image id, or an image file; with paths."""
+        from exokiratory.indices import search_vectors
+
+        if (text is None) == (image is None):
+            raise ValueError("give exactly one of text= or image=")
+        if text is not None and space != "clip":
+            raise ValueError("text search needs the clip space (DINOv2 has no text tower)")
+        query = self._query_vector(text, image, space)
+        hits = search_vectors(self.storage, space, query, k)
+        with self.catalog() as cat:
+            cat.con.register("_hits", hits)
+            try:
+                return cat.query(
+                    "SELECT h.rank, h.score, h.image_id, h.image_idx, i.first_path "
+                    "FROM _hits h JOIN images i USING (image_id) ORDER BY h.query, h.rank"
+                )
+            finally:
+                cat.con.unregister("_hits")
+
+    def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pa.Table:
+        """Nearest images to a registered image (itself first)."""
+        return self.search(image=image_id, space=space, k=k)
+
+    def _query_vector(self, text: str | None, image: str | None, space: str) -> np.ndarray:
+        from exokiratory.models.vision import load_embedder
+        from exokiratory.passes.embed import cache_dir_for
+
+        if image is not None and not os.path.exists(image) and "://" not in image:
+            rows = self.sql(
+                f"SELECT embedding FROM embeddings_{space} WHERE error IS NULL AND "
+                f"image_id = '{image.replace(chr(39), '')}'"
+            ).to_pylist()
+            if not rows:
+                raise ValueError(
+                    f"{image!r} is neither a file nor an image id with a {space} embedding"
+                )
+            return np.asarray(rows[0]["embedding"], np.float32)[None, :]
+        p = self._embed_pass(space)
+        embedder = load_embedder(p.spec, cache_dir_for(self.storage.url), "auto")
+        if text is not None:
+            embed_texts = getattr(embedder, "embed_texts", None)
+            if embed_texts is None:
+                raise ValueError("this model has no text tower")
+            return np.asarray(embed_texts([text]), np.float32)
+        from PIL import Image, ImageOps
+
+        with Image.open(str(image)) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+        return np.asarray(embedder.embed_pixels(embedder.preprocess(rgb)[None]), np.float32)
 
     def status(self) -> WorkspaceStatus:
         passes = self.passes()

@@ -1,0 +1,209 @@
+"""FAISS similarity indices over stored embeddings: ``indices/<space>.faiss`` with its id map
+(``<space>.ids.parquet``: position -> image_idx, image_id) and build metadata
+(``<space>.json``).
+
+Index choice by size (cosine similarity = inner product of the stored unit vectors):
+
+* fewer than :data:`EXACT_MAX` vectors: ``IndexFlatIP``, exact;
+* more: ``IndexHNSWFlat`` (M = 32, efConstruction = 200, efSearch = 128, inner product),
+  approximate; its recall is measured by ``bench/index_recall.py``.
+
+Builds are incremental: when the stored index holds a subset of the current embeddings with the
+same kind and model, only the new vectors are added. Files are written atomically (the id map and
+metadata after the index; a reader checks that their counts agree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from exokiratory.catalog import Catalog
+from exokiratory.storage import Storage
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX = 50_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+SPACES = ("clip", "dino")
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise RuntimeError("indices need FAISS: pip install 'exokiratory[ml]' (faiss-cpu)") from exc
+    return faiss
+
+
+@dataclass
+class IndexReport:
+    space: str
+    kind: str
+    total: int
+    added: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (
+            f"index {self.space}: {self.kind}, {self.total} vectors ({self.added} added); "
+            f"{self.seconds:.1f}s"
+        )
+
+
+def _paths(space: str) -> tuple[str, str, str]:
+    return f"indices/{space}.faiss", f"indices/{space}.ids.parquet", f"indices/{space}.json"
+
+
+def load_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """(vectors float32, image_idx int64, image_id, model_id) of the stored embeddings."""
+    view = f"embeddings_{space}"
+    if view not in cat.views:
+        raise ValueError(f"no {space} embeddings: run `exokiratory run embed-{space}` first")
+    t = cat.query(
+        f"SELECT image_idx, image_id, embedding, model_id FROM {view} "
+        "WHERE error IS NULL ORDER BY image_idx"
+    )
+    if t.num_rows == 0:
+        raise ValueError(f"no {space} embeddings yet: run `exokiratory run embed-{space}` first")
+    emb = t.column("embedding").combine_chunks()
+    flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    vectors = flat.reshape(t.num_rows, -1)
+    models = set(t.column("model_id").to_pylist())
+    if len(models) != 1:
+        raise ValueError(f"{view} mixes models {sorted(models)}; one index per model")
+    return (
+        np.ascontiguousarray(vectors),
+        t.column("image_idx").to_numpy(),
+        t.column("image_id").to_pylist(),
+        models.pop(),
+    )
+
+
+def choose_kind(n: int) -> str:
+    return "flat" if n < EXACT_MAX else "hnsw"
+
+
+def _new_index(kind: str, dim: int) -> Any:
+    faiss = _faiss()
+    if kind == "flat":
+        base = faiss.IndexFlatIP(dim)
+    else:
+        base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        base.hnsw.efSearch = HNSW_EF_SEARCH
+    return faiss.IndexIDMap2(base)
+
+
+def read_meta(storage: Storage, space: str) -> dict[str, Any] | None:
+    _, _, meta_rel = _paths(space)
+    if not storage.exists(meta_rel):
+        return None
+    meta: dict[str, Any] = json.loads(storage.read_bytes(meta_rel))
+    return meta
+
+
+def build_index(storage: Storage, cat: Catalog, space: str, kind: str = "auto") -> IndexReport:
+    """Build or extend the index of ``space`` from the stored embeddings."""
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
+    if kind not in ("auto", "flat", "hnsw"):
+        raise ValueError("kind must be auto, flat or hnsw")
+    faiss = _faiss()
+    t0 = time.monotonic()
+    vectors, idx, ids, model_id = load_embeddings(cat, space)
+    kind = choose_kind(len(idx)) if kind == "auto" else kind
+    index_rel, ids_rel, meta_rel = _paths(space)
+    meta = read_meta(storage, space)
+    index, known = None, np.zeros(0, np.int64)
+    if meta and meta.get("kind") == kind and meta.get("model_id") == model_id:
+        known = storage.read_parquet(ids_rel).column("image_idx").to_numpy()
+        if np.isin(known, idx).all():
+            index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
+        else:
+            known = np.zeros(0, np.int64)
+    if index is None:
+        index = _new_index(kind, vectors.shape[1])
+    new = ~np.isin(idx, known)
+    if new.any():
+        index.add_with_ids(vectors[new], idx[new].astype(np.int64))
+    all_idx = np.concatenate([known, idx[new]])
+    id_of = dict(zip(idx.tolist(), ids, strict=True))
+    storage.write_bytes_atomic(index_rel, faiss.serialize_index(index).tobytes())
+    storage.write_parquet_atomic(
+        ids_rel,
+        pa.table({"image_idx": all_idx, "image_id": [id_of[int(i)] for i in all_idx]}),
+    )
+    params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+    new_meta = {
+        "space": space,
+        "kind": kind,
+        "metric": "inner_product (cosine of unit vectors)",
+        "params": params if kind == "hnsw" else {},
+        "dim": int(vectors.shape[1]),
+        "count": len(all_idx),
+        "model_id": model_id,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    storage.write_bytes_atomic(meta_rel, json.dumps(new_meta, indent=1).encode())
+    return IndexReport(space, kind, len(all_idx), int(new.sum()), time.monotonic() - t0)
+
+
+def load_index(storage: Storage, space: str) -> tuple[Any, dict[int, str], dict[str, Any]]:
+    """The index, its image_idx -> image_id map, and its metadata."""
+    faiss = _faiss()
+    meta = read_meta(storage, space)
+    if meta is None:
+        raise ValueError(f"no {space} index: run `exokiratory index build {space}` first")
+    index_rel, ids_rel, _ = _paths(space)
+    index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
+    ids = storage.read_parquet(ids_rel)
+    if ids.num_rows != index.ntotal or ids.num_rows != meta["count"]:
+        raise RuntimeError(f"{space} index files disagree (interrupted build?): rebuild it")
+    id_map = dict(
+        zip(ids.column("image_idx").to_pylist(), ids.column("image_id").to_pylist(), strict=True)
+    )
+    return index, id_map, meta
+
+
+def search_vectors(storage: Storage, space: str, queries: np.ndarray, k: int) -> pa.Table:
+    """Top-``k`` neighbours of each query vector: query, rank, image_idx, image_id, score."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    index, id_map, _ = load_index(storage, space)
+    q = np.ascontiguousarray(np.atleast_2d(queries).astype(np.float32))
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    scores, found = index.search(q, min(k, index.ntotal))
+    rows = []
+    for qi in range(q.shape[0]):
+        for rank, (s, i) in enumerate(zip(scores[qi], found[qi], strict=True)):
+            if i < 0:
+                continue
+            rows.append(
+                {
+                    "query": qi,
+                    "rank": rank + 1,
+                    "image_idx": int(i),
+                    "image_id": id_map[int(i)],
+                    "score": float(s),
+                }
+            )
+    schema = pa.schema(
+        [
+            ("query", pa.int32()),
+            ("rank", pa.int32()),
+            ("image_idx", pa.int64()),
+            ("image_id", pa.string()),
+            ("score", pa.float32()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
