@@ -78,7 +78,7 @@ def test_exact_and_hnsw_agree_on_small_sets(ws: Workspace) -> None:
     ws.build_index("clip", kind="flat")
     exact = search_vectors(ws.storage, "clip", q, 3).column("image_id").to_pylist()
     assert approx == exact
-    assert choose_kind(10) == "flat" and choose_kind(10**6) == "hnsw"
+    assert choose_kind(10) == "flat" and choose_kind(2 * 10**6) == "hnsw"
 
 
 def test_cli_and_errors(ws: Workspace) -> None:
