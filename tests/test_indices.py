@@ -19,9 +19,9 @@ from exokiratory.cli import app
 from exokiratory.config import render_config
 from exokiratory.indices import choose_kind, search_vectors
 
-from .conftest import skimage_data_dir
+from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
-NAMES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "coins.png")
+NAMES = NATURAL_PHOTOS[:6]
 
 
 @pytest.fixture(scope="module")

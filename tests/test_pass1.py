@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from exokiratory import Workspace
 from exokiratory.layout import CONFIG_FILE
 
-from .conftest import skimage_data_dir
+from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +21,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     src = root / "src"
     src.mkdir()
     data = skimage_data_dir()
-    photo_names = [
-        "astronaut.png",
-        "coffee.png",
-        "chelsea.png",
-        "rocket.jpg",
-        "camera.png",
-        "coins.png",
-        "motorcycle_left.png",
-        "hubble_deep_field.jpg",
-        "retina.jpg",
-        "brick.png",
-        "grass.png",
-        "gravel.png",
-        "moon.png",
-        "ihc.png",
-        "color.png",
-        "cell.png",
-    ]
-    for name in photo_names:
+    for name in NATURAL_PHOTOS:
         shutil.copy(data / name, src / name)
     astro = Image.open(data / "astronaut.png").convert("RGB")
     astro.resize((256, 256)).save(src / "astronaut_small.jpg", quality=70)  # near duplicate

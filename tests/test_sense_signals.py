@@ -26,6 +26,8 @@ from exokiratory.sense.decode import (
 )
 from exokiratory.sense.signals import SIGNALS_SCHEMA, compute_signals
 
+from .conftest import NATURAL_PHOTOS
+
 skimage = pytest.importorskip("skimage")
 sklearn = pytest.importorskip("sklearn")
 
@@ -331,18 +333,7 @@ def _render_text_page(size: tuple[int, int], font_size: int, seed: int) -> Image
 
 
 TEXT_IMAGES = ["page.png", "text.png"]
-PHOTOS = [
-    "astronaut.png",
-    "coffee.png",
-    "chelsea.png",
-    "rocket.jpg",
-    "camera.png",
-    "coins.png",
-    "moon.png",
-    "grass.png",
-    "gravel.png",
-    "motorcycle_left.png",
-]
+PHOTOS = NATURAL_PHOTOS[:10]
 
 
 def test_text_likeness_separates_text_from_photos() -> None:

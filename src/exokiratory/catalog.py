@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from exokiratory.dataset import keep_one_sql
 from exokiratory.layout import IMAGES, JOBS, PATHS
 from exokiratory.manifest.tables import (
     CURRENT_PATHS_SQL,
@@ -100,11 +101,9 @@ class Catalog:
 
     def _source(self, rel: str, schema: pa.Schema | None = None) -> str:
         """A FROM-clause source for a dataset's parts (with a ``filename`` column)."""
-        files = self._files(rel)
-        if files:
-            return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
-        if schema is None:
-            return ""
+        src = self.raw_source(rel)
+        if src or schema is None:
+            return src
         name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
         schema = pa.schema([f.with_type(_no_half(f.type)) for f in schema])
         empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
@@ -146,21 +145,16 @@ class Catalog:
         self._view("jobs", f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY finished_at")
 
     def _define_pass_view(self, p: Pass) -> None:
-        src = self._source(p.output_rel, p.output_schema())
+        schema = p.output_schema()
+        src = self._source(p.output_rel, schema)
         keys = ", ".join(f'"{k}"' for k in p.key)
-        err = "(error IS NOT NULL), " if "error" in p.output_schema().names else ""
-        order = "image_idx, " + keys if "image_idx" in p.output_schema().names else keys
-        self._view(
-            p.view_name,
-            f"""SELECT * EXCLUDE (filename, _rn) FROM (
-                  SELECT *, row_number() OVER (PARTITION BY {keys}
-                    ORDER BY {err}filename DESC) AS _rn FROM {src}) WHERE _rn = 1
-                ORDER BY {order}""",
-        )
+        order = "image_idx, " + keys if "image_idx" in schema.names else keys
+        one = keep_one_sql(src, p.key, "error" in schema.names, "filename")
+        self._view(p.view_name, f"{one} ORDER BY {order}")
 
-    def raw_source(self, p: Pass) -> str:
-        """A FROM source over every row of a pass's parts (with ``filename``), or ''."""
-        files = self._files(p.output_rel)
+    def raw_source(self, rel: str) -> str:
+        """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""
+        files = self._files(rel)
         if not files:
             return ""
         return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"

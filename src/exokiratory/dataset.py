@@ -94,24 +94,23 @@ class PartDataset:
         return schema.empty_table()
 
 
+def keep_one_sql(src: str, key: Sequence[str], has_error: bool, part_col: str) -> str:
+    """SQL keeping one row per key of ``src`` (see the module docstring): a row without error
+    wins, then the row of the part that sorts last by ``part_col``. The catalog's views and
+    :meth:`PartDataset.read` both use it, so every reader applies the same rule."""
+    keys = ", ".join(f'"{k}"' for k in key)
+    err = "(error IS NOT NULL), " if has_error else ""
+    return f"""SELECT * EXCLUDE ({part_col}, _rn) FROM (
+                 SELECT *, row_number() OVER (PARTITION BY {keys}
+                   ORDER BY {err}{part_col} DESC) AS _rn FROM {src}) WHERE _rn = 1"""
+
+
 def dedupe(raw: pa.Table, key: Sequence[str]) -> pa.Table:
     """Keep one row per key from a table carrying ``_part``/``_part_no`` columns."""
-    has_error = "error" in raw.column_names
-    err_order = "(error IS NOT NULL)," if has_error else ""
-    keys = ", ".join(f'"{k}"' for k in key)
     con = duckdb.connect()
     try:
-        con.register("raw_t", raw.append_column("_row", pa.array(range(raw.num_rows), pa.int64())))
-        out = _fetch(
-            con.execute(
-                f"""
-            SELECT * EXCLUDE (_part, _part_no, _row, _rn) FROM (
-              SELECT *, row_number() OVER (
-                PARTITION BY {keys} ORDER BY {err_order} _part_no DESC, _row) AS _rn
-              FROM raw_t) WHERE _rn = 1 ORDER BY _row
-            """
-            )
-        )
+        con.register("raw_t", raw.drop_columns(["_part"]))
+        sql = keep_one_sql("raw_t", key, "error" in raw.column_names, "_part_no")
+        return _fetch(con.execute(sql))
     finally:
         con.close()
-    return out

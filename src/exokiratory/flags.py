@@ -160,15 +160,35 @@ FLAGS_SCHEMA = pa.schema(
     ]
 )
 
-FLAGS_INPUT_SQL = """
+#: PASS 1 columns the flags read (scalars and hashes only: never the histogram lists).
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "width",
+    "height",
+    "megapixels",
+    "size_bytes",
+    "sharpness_score",
+    "noise_score",
+    "brightness_p05",
+    "brightness_p99",
+    "grayscale_score",
+    "text_likeness_score",
+    *HASH_COLUMNS,
+    *(c for c in OUTLIER_FEATURES if not c.startswith("log_")),
+)
+
+FLAGS_INPUT_SQL = (
+    """
 SELECT i.image_id, i.image_idx, i.status, i.error AS scan_error, i.n_paths,
-       f.* EXCLUDE (image_id, image_idx, error), f.error AS sense_error
+       """
+    + ", ".join(f"f.{c}" for c in dict.fromkeys(FEATURE_COLUMNS))
+    + """, f.error AS sense_error
        {probe_cols}
 FROM images i
 LEFT JOIN features f USING (image_id)
 {probe_join}
 ORDER BY i.image_idx
 """
+)
 
 
 def _col(t: pa.Table, name: str, dtype: type = np.float64) -> np.ndarray:
@@ -218,9 +238,7 @@ class NearDupCache:
             "text_heavy_threshold",
         )
         h.update(json.dumps({k: getattr(p, k) for k in keys}, sort_keys=True).encode())
-        for rel in inputs:
-            for part in storage.walk_files(rel, ".parquet"):
-                h.update(part.encode())
+        h.update(storage.listing_digest(inputs, ".parquet").encode())
         self.folder = f"{dataset}/_neardup"
         self.rel = f"{self.folder}/{h.hexdigest()[:16]}.parquet"
 

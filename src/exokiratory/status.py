@@ -115,7 +115,7 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
 
 def _newest_errors(cat: Catalog, p: Pass, n: int) -> list[tuple[str, str]]:
     """Current error rows, newest batch first (batch finish times from the jobs log)."""
-    src = cat.raw_source(p)
+    src = cat.raw_source(p.output_rel)
     if not src:
         return []
     rows = cat.rows(

@@ -8,11 +8,12 @@ is therefore either complete or absent, whatever instant the process dies at.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -89,6 +90,16 @@ class Storage:
                 continue
             relp = os.path.relpath(full, prefix) if self.is_local else full[len(prefix) + 1 :]
             yield relp.replace(os.sep, "/")
+
+    def listing_digest(self, rels: Sequence[str], suffix: str = "") -> str:
+        """A digest of the committed file names below ``rels``: it changes whenever a part is
+        added or removed (part names are unique per content or per write)."""
+        h = hashlib.sha256()
+        for rel in rels:
+            for name in self.walk_files(rel, suffix):
+                h.update(name.encode())
+                h.update(b"\0")
+        return h.hexdigest()
 
     # -- bytes -------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:

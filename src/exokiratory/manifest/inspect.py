@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -23,13 +23,9 @@ from exokiratory.manifest.sniff import (
     sniff_format,
     truncation_reason,
 )
+from exokiratory.sense.decode import pil_limit_lifted
 
 CHUNK = 1 << 20
-
-# exokiratory enforces its own, configurable pixel limit (scan.max_image_pixels) on the header
-# before any pixel is decoded; Pillow's global limit would otherwise raise at open() for large
-# but legitimate images, so it is lifted here once for this process.
-Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +130,6 @@ def classify(
 
 
 def _with(info: FileInfo, **changes: Any) -> FileInfo:
-    from dataclasses import replace
-
     return replace(info, **changes)
 
 
@@ -150,7 +144,9 @@ def _header(
 ) -> tuple[int | None, int | None, str | None]:
     """Width and height from the header (EXIF orientation not applied), or an error text."""
     try:
-        with warnings.catch_warnings():
+        # our own limit (scan.max_image_pixels) judges the header size; Pillow's would refuse
+        # large legitimate images at open(), so it is lifted while we look
+        with warnings.catch_warnings(), pil_limit_lifted():
             warnings.simplefilter("ignore")
             if data is not None:
                 with Image.open(io.BytesIO(data)) as im:

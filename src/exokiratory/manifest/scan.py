@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from exokiratory.catalog import Catalog
@@ -107,7 +108,7 @@ class Scanner:
             walked = self._walk_all()
             with Catalog(self.storage) as cat:
                 current = cat.query(
-                    "SELECT path, size_bytes, mtime_ns, status, image_id, error FROM paths"
+                    "SELECT path, source, size_bytes, mtime_ns, status, image_id, error FROM paths"
                 )
                 registry = cat.query("SELECT image_id, image_idx FROM images_registry")
                 todo = self._plan(walked, current, cat.con)
@@ -286,7 +287,9 @@ class Scanner:
         return next_idx, n_bytes
 
     def _write_paths(self, rows: list[dict[str, Any]]) -> int:
-        table = pa.Table.from_pylist(rows, schema=PATHS_SCHEMA)
+        return self._write_paths_table(pa.Table.from_pylist(rows, schema=PATHS_SCHEMA))
+
+    def _write_paths_table(self, table: pa.Table) -> int:
         stamp = self.scan_started.strftime("%Y%m%dT%H%M%S%f")
         name = f"{PATHS}/part-{stamp}-{time.time_ns()}-{os.getpid()}.parquet"
         return self.storage.write_parquet_atomic(name, table)
@@ -295,34 +298,44 @@ class Scanner:
     def _mark_missing(
         self, walked: dict[str, list[Entry] | None], current: pa.Table, jobs: JobLog
     ) -> None:
-        present = {e.path for entries in walked.values() if entries for e in entries}
-        complete_sources = self._complete_sources
-        now = utcnow()
-        rows = []
-        for rec in current.to_pylist():
-            if rec["status"] == "missing" or rec["path"] in present:
-                continue
-            src = _source_of(rec["path"], complete_sources)
-            if src is None:
-                continue
-            rows.append(
-                {
-                    "path": rec["path"],
-                    "source": src,
-                    "image_id": rec["image_id"],
-                    "size_bytes": rec["size_bytes"],
-                    "mtime_ns": rec["mtime_ns"],
-                    "status": "missing",
-                    "error": None,
-                    "seen_at": now,
-                }
-            )
-        for chunk in _chunks(rows, max(self.config.scan.batch_size, 10000)):
-            n = self._write_paths(list(chunk))
+        """Paths recorded as present under a fully walked source but not walked now."""
+        present = pa.array(
+            sorted(e.path for entries in walked.values() if entries for e in entries), pa.string()
+        )
+        keep = pc.and_(
+            pc.and_(
+                pc.not_equal(current["status"], "missing"),
+                pc.invert(pc.is_in(current["path"], value_set=present)),
+            ),
+            pc.is_in(
+                current["source"], value_set=pa.array(sorted(self._complete_sources), pa.string())
+            ),
+        )
+        gone = current.filter(keep)
+        n = gone.num_rows
+        table = pa.table(
+            {
+                "path": gone["path"],
+                "source": gone["source"],
+                "image_id": gone["image_id"],
+                "size_bytes": gone["size_bytes"],
+                "mtime_ns": gone["mtime_ns"],
+                "status": pa.array(["missing"] * n, pa.string()),
+                "error": pa.nulls(n, pa.string()),
+                "seen_at": pa.array([utcnow()] * n, pa.timestamp("us", tz="UTC")),
+            },
+            schema=PATHS_SCHEMA,
+        )
+        chunk = max(self.config.scan.batch_size, 10000)
+        for start in range(0, n, chunk):
+            part = table.slice(start, chunk)
+            written = self._write_paths_table(part)
             jobs.add(
-                JobRecord(batch="scan-missing", status="ok", n_units=len(chunk), bytes_written=n)
+                JobRecord(
+                    batch="scan-missing", status="ok", n_units=part.num_rows, bytes_written=written
+                )
             )
-        self.report.missing = len(rows)
+        self.report.missing = n
 
 
 def _image_row(
@@ -341,14 +354,6 @@ def _image_row(
         "status": info.status,
         "error": info.error,
     }
-
-
-def _source_of(path: str, sources: set[str]) -> str | None:
-    for s in sources:
-        prefix = s if s.endswith("/") else s + "/"
-        if path.startswith(prefix) or path.startswith(s + os.sep):
-            return s
-    return None
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

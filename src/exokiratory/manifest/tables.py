@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from exokiratory.dataset import PartDataset
-from exokiratory.layout import IMAGES, PATHS
-from exokiratory.storage import Storage
-
 IMAGES_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -49,14 +45,6 @@ PATHS_SCHEMA = pa.schema(
 )
 
 PATHS_KEY = ("path", "size_bytes", "mtime_ns", "image_id", "status")
-
-
-def images_dataset(storage: Storage) -> PartDataset:
-    return PartDataset(storage, IMAGES, key=("image_id",), schema=IMAGES_SCHEMA)
-
-
-def paths_dataset(storage: Storage) -> PartDataset:
-    return PartDataset(storage, PATHS, key=PATHS_KEY, schema=PATHS_SCHEMA)
 
 
 CURRENT_PATHS_SQL = """

@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import os
 import stat as stat_mod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +158,3 @@ def _mtime_ns(info: dict[str, Any]) -> int | None:
                 parsed = parsed.replace(tzinfo=dt.UTC)
             return int(parsed.timestamp() * 1e9)
     return None
-
-
-def iter_entries(results: list[WalkResult]) -> Iterator[Entry]:
-    for r in results:
-        yield from r.entries

@@ -7,15 +7,13 @@ damaged (PASS 0 only reads headers), and records mode, frame count and EXIF orie
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Any
 
 import pyarrow as pa
 from PIL import Image
 
 from exokiratory.passes.base import BatchContext, ImagePass
-
-Image.MAX_IMAGE_PIXELS = None  # our own limit (ctx.max_image_pixels) is checked before decoding
+from exokiratory.sense.decode import pil_limit_lifted
 
 
 class ProbePass(ImagePass):
@@ -40,21 +38,20 @@ class ProbePass(ImagePass):
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
         data = unit["data"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > ctx.max_image_pixels:
-                    raise ValueError(
-                        f"decompression bomb: {im.width}x{im.height} exceeds the pixel limit"
-                    )
-                orientation = im.getexif().get(0x0112)
-                n_frames = int(getattr(im, "n_frames", 1))
-                mode = im.mode
-                im.load()
-                return {
-                    "width": im.width,
-                    "height": im.height,
-                    "mode": mode,
-                    "n_frames": n_frames,
-                    "exif_orientation": int(orientation) if orientation is not None else None,
-                }
+        # our own limit (ctx.max_image_pixels) is checked before decoding, not Pillow's
+        with pil_limit_lifted(), Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > ctx.max_image_pixels:
+                raise ValueError(
+                    f"decompression bomb: {im.width}x{im.height} exceeds the pixel limit"
+                )
+            orientation = im.getexif().get(0x0112)
+            n_frames = int(getattr(im, "n_frames", 1))
+            mode = im.mode
+            im.load()
+            return {
+                "width": im.width,
+                "height": im.height,
+                "mode": mode,
+                "n_frames": n_frames,
+                "exif_orientation": int(orientation) if orientation is not None else None,
+            }

@@ -45,10 +45,7 @@ class DeriveReport:
 def input_fingerprint(storage: Storage, d: Derivation) -> str:
     h = hashlib.sha256(d.full_version.encode())
     h.update(d.params_json().encode())
-    for rel in d.inputs:
-        for part in storage.walk_files(rel, ".parquet"):
-            h.update(part.encode())
-            h.update(b"\0")
+    h.update(storage.listing_digest(d.inputs, ".parquet").encode())
     return h.hexdigest()[:16]
 
 

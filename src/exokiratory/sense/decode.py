@@ -179,7 +179,7 @@ _guard_saved: int | None = None
 
 
 @contextmanager
-def _pil_bomb_guard_suspended() -> Iterator[None]:
+def pil_limit_lifted() -> Iterator[None]:
     """Suspend ``Image.MAX_IMAGE_PIXELS`` while our own guard is in charge.
 
     Reference-counted so that concurrent decodes in several threads restore
@@ -528,9 +528,9 @@ def load_working_image(
     if working_size < 1:
         raise ValueError("working_size must be >= 1")
     if isinstance(source, Image.Image):
-        with _pil_bomb_guard_suspended():
+        with pil_limit_lifted():
             return _decode(source, working_size, max_pixels, background)
-    with _binary_stream(source) as stream, _pil_bomb_guard_suspended():
+    with _binary_stream(source) as stream, pil_limit_lifted():
         try:
             im = Image.open(stream)
         except _DECODE_ERRORS as exc:
