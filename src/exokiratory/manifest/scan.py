@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from exokiratory.catalog import Catalog
-from exokiratory.config import WorkspaceConfig
+from exokiratory.config import Source, WorkspaceConfig
 from exokiratory.layout import IMAGES, PATHS, SCAN_LOCK
 from exokiratory.lock import LeaseLock
 from exokiratory.manifest.inspect import FileInfo, inspect_file
@@ -125,29 +125,41 @@ class Scanner:
         """Entries per source; ``None`` for a source that is unavailable (nothing is marked)."""
         out: dict[str, list[Entry] | None] = {}
         exclude = (self.storage.root,) if self.storage.is_local else ()
-        for src in self.config.sources:
-            key = normalise_source(src.path)
-            try:
-                res = walk_source(
-                    src.path,
-                    src.storage_options,
-                    follow_symlinks=self.config.scan.follow_symlinks,
-                    include_hidden=self.config.scan.include_hidden,
-                    exclude=exclude,
-                )
-            except SourceUnavailable as exc:
-                log.warning("%s; its paths are left as they were", exc)
-                self.report.unavailable_sources.append(key)
-                out[key] = None
-                continue
-            for err in res.folder_errors:
-                log.warning("%s", err)
-            self.report.folder_errors.extend(res.folder_errors)
-            out[key] = res.entries
-            if res.complete:
-                self._complete_sources.add(key)
-            self.report.files_seen += len(res.entries)
+        with progress_bar("scan: listing", None, self.progress) as advance:
+            for src in self.config.sources:
+                self._walk_one(src, out, exclude, advance)
         return out
+
+    def _walk_one(
+        self,
+        src: Source,
+        out: dict[str, list[Entry] | None],
+        exclude: tuple[str, ...],
+        advance: Callable[[int], None],
+    ) -> None:
+        """Walk one source into ``out`` (``None`` when it is unavailable: nothing is marked)."""
+        key = normalise_source(src.path)
+        try:
+            res = walk_source(
+                src.path,
+                src.storage_options,
+                follow_symlinks=self.config.scan.follow_symlinks,
+                include_hidden=self.config.scan.include_hidden,
+                exclude=exclude,
+                on_folder=advance,
+            )
+        except SourceUnavailable as exc:
+            log.warning("%s; its paths are left as they were", exc)
+            self.report.unavailable_sources.append(key)
+            out[key] = None
+            return
+        for err in res.folder_errors:
+            log.warning("%s", err)
+        self.report.folder_errors.extend(res.folder_errors)
+        out[key] = res.entries
+        if res.complete:
+            self._complete_sources.add(key)
+        self.report.files_seen += len(res.entries)
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(

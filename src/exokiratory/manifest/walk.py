@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import os
 import stat as stat_mod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,21 +49,27 @@ def walk_source(
     follow_symlinks: bool = True,
     include_hidden: bool = False,
     exclude: tuple[str, ...] = (),
+    on_folder: Callable[[int], None] | None = None,
 ) -> WalkResult:
-    """List every file below ``url``. Raises :class:`SourceUnavailable` if the root is absent."""
+    """List every file below ``url``. Raises :class:`SourceUnavailable` if the root is absent.
+    ``on_folder(n)`` is called after each local folder with the number of its entries."""
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     if isinstance(fs, LocalFileSystem):
         root = os.path.abspath(root)
         if not os.path.isdir(root):
             raise SourceUnavailable(f"source folder does not exist or is not a folder: {root}")
-        return _walk_local(root, follow_symlinks, include_hidden, exclude)
+        return _walk_local(root, follow_symlinks, include_hidden, exclude, on_folder)
     if not fs.isdir(root):
         raise SourceUnavailable(f"source does not exist or is not a folder: {url}")
     return _walk_fsspec(fs, root, include_hidden)
 
 
 def _walk_local(
-    root: str, follow: bool, include_hidden: bool, exclude: tuple[str, ...]
+    root: str,
+    follow: bool,
+    include_hidden: bool,
+    exclude: tuple[str, ...],
+    on_folder: Callable[[int], None] | None = None,
 ) -> WalkResult:
     entries: list[Entry] = []
     folder_errors: list[str] = []
@@ -85,6 +92,8 @@ def _walk_local(
             if item.path in excluded:
                 continue
             _visit(item, follow, stack, seen_dirs, entries)
+        if on_folder is not None:
+            on_folder(len(items))
     entries.sort(key=lambda e: e.path)
     return WalkResult(entries, folder_errors, complete=not folder_errors)
 
