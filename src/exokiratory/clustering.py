@@ -87,6 +87,7 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -
         seed=seed,
         spherical=True,
         max_points_per_centroid=MAX_POINTS_PER_CENTROID,
+        min_points_per_centroid=1,
         verbose=False,
     )
     km.train(x)
