@@ -93,7 +93,13 @@ def test_model_passes_join_run_all_only_when_configured(tmp_path: Path) -> None:
     w = Workspace.init(tmp_path / "ws", [str(tmp_path)])
     assert [p.name for p in w.passes(["all"])] == ["probe", "sense", "flags"]
     w.config.passes["embed-dino"] = {"model": "tiny"}
-    assert [p.name for p in w.passes(["all"])] == ["probe", "sense", "flags", "embed-dino"]
+    assert [p.name for p in w.passes(["all"])] == [
+        "probe",
+        "sense",
+        "flags",
+        "embed-dino",
+        "clusters-dino",  # clusters of a configured space join too
+    ]
 
 
 def test_an_unloadable_model_fails_the_pass_once(tmp_path: Path) -> None:

@@ -162,13 +162,13 @@ class Catalog:
     def _define_derived_view(self, d: Derivation) -> None:
         from exokiratory.runner.derive import current_folder
 
-        folder = current_folder(self.storage, d.dataset)
-        if folder is None:
-            src = self._source(f"{d.dataset}/.none", d.output_schema())
-        else:
-            src = self._source(folder, d.output_schema())
-        order = "image_idx" if "image_idx" in d.output_schema().names else "1"
-        self._view(d.view_name, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
+        folder = current_folder(self.storage, d.dataset) or f"{d.dataset}/.none"
+        schemas = {"": d.output_schema(), **d.extra_schemas()}
+        for name, schema in schemas.items():
+            src = self._source(folder + (f"/{name}" if name else ""), schema)
+            order = "image_idx" if "image_idx" in schema.names else "1"
+            view = d.view_name + (f"_{name}" if name else "")
+            self._view(view, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:

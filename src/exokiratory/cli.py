@@ -185,9 +185,19 @@ def status(
         out.print(f"[bold]{d.name}[/bold] ({d.version}): {d.rows} rows, {state}", soft_wrap=True)
         if d.summary:
             out.print("  " + ", ".join(f"{k} {v}" for k, v in d.summary.items()), soft_wrap=True)
+    for a in st.cluster_agreement:
+        out.print(
+            f"clusters level {a['level']} (CLIP k={a['k_clip']}, DINO k={a['k_dino']}, "
+            f"{a['n_images']} images): CLIP-vs-DINO ARI {_num(a['ari'])}, AMI {_num(a['ami'])}",
+            soft_wrap=True,
+        )
     for p in st.passes:
         for key, err in p.recent_errors:
             out.print(f"  [red]{p.name}[/red] {escape(key)}: {escape(err)}", soft_wrap=True)
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _fmt_counts(d: dict[str, int]) -> str:

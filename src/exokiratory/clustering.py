@@ -12,6 +12,7 @@ one parent and the levels nest. Their resampling refinement between levels is no
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -90,12 +91,40 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -
         min_points_per_centroid=1,
         verbose=False,
     )
-    km.train(x)
+    km.train(x, init_centroids=kmeanspp_init(x, k, seed))
     centroids = normalise_rows(km.centroids)
     index = faiss.IndexFlatIP(d)
     index.add(centroids)
     sim, assign = index.search(x, 1)
     return KMeansResult(assign[:, 0].astype(np.int32), centroids, sim[:, 0].astype(np.float32))
+
+
+#: k-means++ seeding runs while k x sample x d stays under this many multiply-adds (about a
+#: second); above it FAISS's own seeded random initialisation is used.
+KMEANSPP_BUDGET = 5e10
+
+
+def kmeanspp_init(x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
+    """k-means++ initial centroids (Arthur & Vassilvitskii 2007) from a seeded subsample of at
+    most ``50 * k`` rows, or ``None`` when that would cost more than :data:`KMEANSPP_BUDGET`.
+
+    Random initialisation alone often merges two clusters and splits another; k-means++ spreads
+    the seeds, so well-separated groups are recovered."""
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    m = min(n, 50 * k)
+    if float(k) * m * d > KMEANSPP_BUDGET:
+        return None
+    sample = x[np.sort(rng.choice(n, m, replace=False))] if m < n else x
+    centres = np.empty((k, d), np.float32)
+    centres[0] = sample[rng.integers(m)]
+    dist = np.maximum(0.0, 2.0 - 2.0 * (sample @ centres[0]))  # squared distance, unit vectors
+    for i in range(1, k):
+        total = float(dist.sum())
+        j = int(rng.choice(m, p=dist / total)) if total > 0 else int(rng.integers(m))
+        centres[i] = sample[j]
+        dist = np.minimum(dist, np.maximum(0.0, 2.0 - 2.0 * (sample @ centres[i])))
+    return centres
 
 
 def exemplars(result: KMeansResult, per_cluster: int) -> dict[int, np.ndarray]:
@@ -142,7 +171,7 @@ def hierarchical_kmeans(
     clusters level i-1's centroids into ``ks[i]`` (``ks`` must decrease)."""
     if not ks:
         raise ValueError("need at least one level")
-    if any(b >= a for a, b in zip(ks, ks[1:], strict=False)):
+    if any(b >= a for a, b in itertools.pairwise(ks)):
         raise ValueError(f"cluster counts must decrease from fine to coarse, got {ks}")
     first = spherical_kmeans(x, ks[0], seed=seed, niter=niter)
     assignments = [first.assignments]

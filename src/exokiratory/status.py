@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from exokiratory.catalog import Catalog
 from exokiratory.passes.base import Derivation, Pass
 
@@ -44,6 +46,8 @@ class WorkspaceStatus:
     last_scan: str | None
     passes: list[PassStatus]
     derived: list[DerivedStatus] = field(default_factory=list)
+    #: CLIP-vs-DINO cluster agreement per level (see :func:`cluster_agreement`)
+    cluster_agreement: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +65,7 @@ class WorkspaceStatus:
                 for p in self.passes
             ],
             "derived": [d.__dict__ for d in self.derived],
+            "cluster_agreement": self.cluster_agreement,
         }
 
 
@@ -80,7 +85,50 @@ def workspace_status(
     last_scan = _last_run(cat, "scan")
     out = [_pass_status(cat, p, n_errors) for p in passes if isinstance(p, Pass)]
     derived = [_derived_status(cat, d) for d in passes if isinstance(d, Derivation)]
-    return WorkspaceStatus(cat.storage.url, images, paths, dup_paths, last_scan, out, derived)
+    return WorkspaceStatus(
+        cat.storage.url,
+        images,
+        paths,
+        dup_paths,
+        last_scan,
+        out,
+        derived,
+        cluster_agreement(cat),
+    )
+
+
+def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
+    """Per level, how much the CLIP and the DINOv2 clusterings agree on the images both
+    clustered: adjusted Rand index and adjusted mutual information (1 = identical partitions,
+    about 0 = independent). Levels are matched by rank (level 0 = finest in both). High
+    agreement means semantics (CLIP) and structure (DINO) see the same groups; a low value at
+    a level says the two views still disagree there. Empty when either clustering is missing."""
+    if not {"clusters_clip", "clusters_dino"} <= set(cat.views):
+        return []
+    rows = cat.rows(
+        """SELECT c.level, any_value(c.k), any_value(d.k), list(c.cluster_id ORDER BY c.image_id),
+                  list(d.cluster_id ORDER BY c.image_id)
+           FROM clusters_clip c JOIN clusters_dino d USING (image_id, level)
+           GROUP BY c.level ORDER BY c.level"""
+    )
+    if not rows:
+        return []
+    from exokiratory.passes.clusters import agreement
+
+    out = []
+    for level, k_clip, k_dino, a, b in rows:
+        ari, ami = agreement(np.asarray(a), np.asarray(b)) if len(a) >= 2 else (None, None)
+        out.append(
+            {
+                "level": int(level),
+                "k_clip": int(k_clip),
+                "k_dino": int(k_dino),
+                "n_images": len(a),
+                "ari": ari,
+                "ami": ami,
+            }
+        )
+    return out
 
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:

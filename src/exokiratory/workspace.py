@@ -23,7 +23,7 @@ from exokiratory.config import (
 )
 from exokiratory.layout import CONFIG_FILE, DIRECTORIES
 from exokiratory.manifest.scan import Scanner, ScanReport, normalise_source
-from exokiratory.passes import PASS_CLASSES, Step, get_pass, pass_names
+from exokiratory.passes import PASS_CLASSES, REGISTRY, Step, get_pass, pass_names
 from exokiratory.passes.base import BatchContext, Derivation, Pass
 from exokiratory.runner.derive import DeriveReport, run_derivation
 from exokiratory.runner.executors import make_executor
@@ -90,7 +90,7 @@ class Workspace:
             wanted = [
                 n
                 for n in pass_names()
-                if get_pass(n, self.config.passes.get(n)).in_all(n in self.config.passes)
+                if get_pass(n, self.config.passes.get(n)).in_all(self._configured(n))
             ]
         unknown = [n for n in wanted if n not in pass_names()]
         if unknown:
@@ -107,6 +107,12 @@ class Workspace:
                 if isinstance(s, Derivation):
                     s.bind(units)
         return steps
+
+    def _configured(self, name: str) -> bool:
+        """Whether the config names this pass, or a pass it depends on (clusters of a
+        configured embedding space)."""
+        deps = getattr(REGISTRY[name], "depends_on", ())
+        return name in self.config.passes or any(d in self.config.passes for d in deps)
 
     def _all_steps(self) -> list[Step]:
         return [get_pass(n, self.config.passes.get(n)) for n in pass_names()]
@@ -145,15 +151,16 @@ class Workspace:
         )
         reports: list[RunReport | DeriveReport] = []
         explicit = "all" not in names
-        for p in self.passes(names):
-            if isinstance(p, Derivation):
-                reports.append(run_derivation(p, self.storage, self.catalog))
-                continue
+        steps = self.passes(names)
+        for p in steps:
             missing = p.missing_requirement()
             if missing is not None:
                 if explicit:
                     raise RuntimeError(f"pass {p.name} {missing}")
                 log.warning("skipping pass %s: it %s", p.name, missing)
+                continue
+            if isinstance(p, Derivation):
+                reports.append(run_derivation(p, self.storage, self.catalog))
                 continue
             # A model pass runs one model per process: in-process locally (torch uses every core
             # itself, and a GPU holds one copy), one GPU per task on Ray.
@@ -175,6 +182,21 @@ class Workspace:
             )
             log.debug("%s", rep.summary())
             reports.append(rep)
+        if not explicit:
+            reports.extend(self._refresh_derivations(steps))
+        return reports
+
+    def _refresh_derivations(self, steps: Sequence[Step]) -> list[DeriveReport]:
+        """Re-derive what later passes changed the inputs of (flags read the embeddings that
+        ran after them): derivations are cheap and skip themselves when up to date."""
+        derived = [s for s in steps if isinstance(s, Derivation) and not s.missing_requirement()]
+        reports: list[DeriveReport] = []
+        for _round in range(3):
+            fresh = [run_derivation(d, self.storage, self.catalog) for d in derived]
+            changed = [r for r in fresh if not r.up_to_date]
+            reports.extend(changed)
+            if not changed:
+                break
         return reports
 
     # -- similarity --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, PassParams
+from exokiratory.passes.clusters import ClipClustersDerivation, DinoClustersDerivation
 from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
 from exokiratory.passes.flags import FlagsDerivation
 from exokiratory.passes.probe import ProbePass
@@ -23,6 +24,8 @@ PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
     FlagsDerivation,
     ClipEmbedPass,
     DinoEmbedPass,
+    ClipClustersDerivation,
+    DinoClustersDerivation,
 )
 
 REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}

@@ -269,6 +269,10 @@ class Derivation(ABC):
     def in_all(self, configured: bool) -> bool:
         return True
 
+    def missing_requirement(self) -> str | None:
+        """Why this derivation cannot run in this environment, or None."""
+        return None
+
     @property
     def full_version(self) -> str:
         return self.version
@@ -282,3 +286,13 @@ class Derivation(ABC):
     @abstractmethod
     def derive(self, catalog: Catalog) -> pa.Table:
         """The whole derived table, computed from the catalog's views."""
+
+    def extra_schemas(self) -> dict[str, pa.Schema]:
+        """Schemas of further tables written beside the main one (``<folder>/<name>/``, view
+        ``<view_name>_<name>``), e.g. per-cluster summaries next to per-image assignments."""
+        return {}
+
+    def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
+        """The main table (key ``""``) and every table of :meth:`extra_schemas`. Override this
+        instead of :meth:`derive` when the tables come from one computation."""
+        return {"": self.derive(catalog)}

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from exokiratory.catalog import Catalog
 from exokiratory.passes.base import Derivation
 from exokiratory.runner.jobs import JobLog, JobRecord, utcnow
@@ -71,12 +73,15 @@ def run_derivation(
         return report
     started = utcnow()
     with catalog_factory() as cat:
-        table = d.derive(cat)
-    table = table.select(d.output_schema().names).cast(d.output_schema())
+        tables = d.derive_outputs(cat)
+    schemas = {"": d.output_schema(), **d.extra_schemas()}
+    if set(tables) != set(schemas):
+        raise RuntimeError(f"{d.name}: derived tables {sorted(tables)} != {sorted(schemas)}")
     n_bytes = 0
-    for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
-        part = table.slice(start, ROWS_PER_PART)
-        n_bytes += storage.write_parquet_atomic(f"{d.dataset}/{folder}/part-{i:05d}.parquet", part)
+    for name, schema in schemas.items():
+        sub = f"{d.dataset}/{folder}" + (f"/{name}" if name else "")
+        n_bytes += _write_table(storage, sub, tables[name].select(schema.names).cast(schema))
+    table = tables[""]
     pointer = {
         "folder": folder,
         "version": d.full_version,
@@ -92,6 +97,14 @@ def run_derivation(
     report.rows = table.num_rows
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _write_table(storage: Storage, folder: str, table: pa.Table) -> int:
+    n_bytes = 0
+    for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
+        part = table.slice(start, ROWS_PER_PART)
+        n_bytes += storage.write_parquet_atomic(f"{folder}/part-{i:05d}.parquet", part)
+    return n_bytes
 
 
 def _prune(storage: Storage, dataset: str, keep: str) -> None:
