@@ -12,7 +12,13 @@ from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, P
 from exokiratory.passes.clusters import ClipClustersDerivation, DinoClustersDerivation
 from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
 from exokiratory.passes.flags import FlagsDerivation
+from exokiratory.passes.motifs import MotifsDerivation
 from exokiratory.passes.probe import ProbePass
+from exokiratory.passes.segment_embed import (
+    ClipSegmentEmbedPass,
+    DinoSegmentEmbedPass,
+    SegmentStatsPass,
+)
 from exokiratory.passes.sense import SensePass
 
 Step = Pass | Derivation
@@ -26,6 +32,10 @@ PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
     DinoEmbedPass,
     ClipClustersDerivation,
     DinoClustersDerivation,
+    ClipSegmentEmbedPass,
+    DinoSegmentEmbedPass,
+    SegmentStatsPass,
+    MotifsDerivation,
 )
 
 REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -32,6 +33,7 @@ from exokiratory.passes.base import (
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
+    from exokiratory.models.vision import ImageEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,85 @@ ORDER BY u.image_idx
 )
 
 
-class EmbedParams(PassParams):
+class ModelParams(PassParams):
+    """Parameters shared by every embedding pass (images and segments)."""
+
     model: str = Field("lite", description="profile (full, lite, tiny), hub id, or local folder")
     revision: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     forward_batch_size: int = Field(32, ge=1, description="images per forward; halves on OOM")
-    routed_only: bool = True
     storage_dtype: Literal["float16", "float32"] = "float16"
     decode_threads: int = Field(4, ge=1, le=64)
+
+
+class EmbedParams(ModelParams):
+    routed_only: bool = True
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """The model side of an embedding pass, shared by the image and the segment passes: which
+    checkpoint (:attr:`spec`), its embedding column type, loading it once per worker process
+    (a failure is a :class:`PassSetupError`), and the stored vector column.
+
+    Attributes:
+        role: ``"clip"`` or ``"dino"``.
+        params: the pass's validated parameters.
+        pass_name: the pass's name, for error messages.
+    """
+
+    role: str
+    params: ModelParams
+    pass_name: str
+
+    @property
+    def spec(self) -> ModelSpec:
+        spec = resolve(self.role, self.params.model)
+        if self.params.revision is not None:
+            spec = ModelSpec(spec.role, spec.model_id, self.params.revision, spec.space)
+        return spec
+
+    @property
+    def value_type(self) -> pa.DataType:
+        return pa.float16() if self.params.storage_dtype == "float16" else pa.float32()
+
+    def embedding_type(self, workspace_url: str | None) -> pa.DataType:
+        """A fixed-size list when the dimension is known without loading weights, else a list."""
+        spec = self.spec
+        folders = []
+        if workspace_url is not None:
+            folders.append(f"{cache_dir_for(workspace_url)}/{model_slug(spec.model_id)}")
+        dim = embedding_dim(spec.role, spec.model_id, folders)
+        return pa.list_(self.value_type, dim) if dim else pa.list_(self.value_type)
+
+    @staticmethod
+    def missing_requirement() -> str | None:
+        import importlib.util
+
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
+        return None
+
+    def load(self, workspace_url: str) -> ImageEmbedder:
+        """The embedder (cached per process); a model that cannot be loaded stops the pass."""
+        from exokiratory.models.vision import load_embedder
+
+        try:
+            return load_embedder(self.spec, cache_dir_for(workspace_url), self.params.device)
+        except Exception as exc:
+            raise PassSetupError(
+                f"cannot load model {self.spec.model_id!r}: {type(exc).__name__}: {exc}. "
+                "Offline? Point passes."
+                f"{self.pass_name}.model at a local folder, or use the 'tiny' profile for plumbing."
+            ) from exc
+
+    def embedding_array(self, vectors: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
+        """``(n, dim)`` vectors as the stored column; rows where ``valid`` is false are null."""
+        np_dtype = np.float16 if self.value_type == pa.float16() else np.float32
+        flat = np.where(valid[:, None], vectors, 0).astype(np_dtype)
+        values = pa.array(flat.reshape(-1), type=self.value_type)
+        return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=pa.array(~valid))
 
 
 class EmbedPass(ImagePass):
@@ -66,12 +139,13 @@ class EmbedPass(ImagePass):
     Params = EmbedParams
 
     @property
-    def spec(self) -> ModelSpec:
+    def embedding_model(self) -> EmbeddingModel:
         params: EmbedParams = self.params  # type: ignore[assignment]
-        spec = resolve(self.role, params.model)
-        if params.revision is not None:
-            spec = ModelSpec(spec.role, spec.model_id, params.revision, spec.space)
-        return spec
+        return EmbeddingModel(self.role, params, self.name)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.embedding_model.spec
 
     @property
     def view_name(self) -> str:
@@ -83,12 +157,7 @@ class EmbedPass(ImagePass):
         return configured
 
     def missing_requirement(self) -> str | None:
-        import importlib.util
-
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
-        return None
+        return self.embedding_model.missing_requirement()
 
     @property
     def output_rel(self) -> str:
@@ -105,25 +174,17 @@ class EmbedPass(ImagePass):
         return catalog.query(IMAGE_UNITS_SQL)
 
     def _value_type(self) -> pa.DataType:
-        params: EmbedParams = self.params  # type: ignore[assignment]
-        return pa.float16() if params.storage_dtype == "float16" else pa.float32()
+        return self.embedding_model.value_type
 
     #: set by the workspace: where model weights are cached (see :func:`cache_dir_for`)
     workspace_url: str | None = None
 
     def output_schema(self) -> pa.Schema:
-        spec = self.spec
-        folders = []
-        if self.workspace_url is not None:
-            folders.append(f"{cache_dir_for(self.workspace_url)}/{model_slug(spec.model_id)}")
-        dim = embedding_dim(spec.role, spec.model_id, folders)
-        vt = self._value_type()
-        emb = pa.list_(vt, dim) if dim else pa.list_(vt)
         return pa.schema(
             [
                 pa.field("image_id", pa.string(), nullable=False),
                 pa.field("image_idx", pa.int64(), nullable=False),
-                pa.field("embedding", emb),
+                pa.field("embedding", self.embedding_model.embedding_type(self.workspace_url)),
                 pa.field("model_id", pa.string()),
                 pa.field("revision", pa.string()),
                 pa.field("error", pa.string()),
@@ -134,17 +195,8 @@ class EmbedPass(ImagePass):
         raise NotImplementedError("EmbedPass works on whole batches")  # pragma: no cover
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
-        from exokiratory.models.vision import load_embedder
-
         params: EmbedParams = self.params  # type: ignore[assignment]
-        try:
-            embedder = load_embedder(self.spec, cache_dir_for(ctx.workspace_url), params.device)
-        except Exception as exc:
-            raise PassSetupError(
-                f"cannot load model {self.spec.model_id!r}: {type(exc).__name__}: {exc}. "
-                "Offline? Point passes."
-                f"{self.name}.model at a local folder, or use the 'tiny' profile for plumbing."
-            ) from exc
+        embedder = self.embedding_model.load(ctx.workspace_url)
         rows = units.to_pylist()
 
         def prepare(unit: dict[str, Any]) -> np.ndarray | str:
@@ -173,16 +225,11 @@ class EmbedPass(ImagePass):
         self, rows: list[dict[str, Any]], prepared: list[Any], good: list[int], vectors: np.ndarray
     ) -> pa.Table:
         schema = self.output_schema()
-        dim = vectors.shape[1]
-        np_dtype = np.float16 if self._value_type() == pa.float16() else np.float32
-        by_row = {row: vectors[k] for k, row in enumerate(good)}
-        flat = np.zeros((len(rows), dim), np_dtype)
         valid = np.zeros(len(rows), bool)
-        for i, vec in by_row.items():
-            flat[i] = vec
-            valid[i] = True
-        values = pa.array(flat.reshape(-1), type=self._value_type())
-        emb = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~valid))
+        valid[good] = True
+        flat = np.zeros((len(rows), vectors.shape[1]), np.float32)
+        flat[good] = vectors
+        emb = self.embedding_model.embedding_array(flat, valid)
         spec = self.spec
         table = pa.table(
             {

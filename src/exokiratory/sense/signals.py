@@ -173,6 +173,12 @@ def _planes_to_lab(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return 116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)
 
 
+def srgb_to_lab(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(3, ...)`` uint8 sRGB planes -> L*, a*, b* float32 arrays of shape ``...`` (the
+    conversion every Lab column here uses; public for the segment statistics)."""
+    return _planes_to_lab(planes)
+
+
 # --------------------------------------------------------------------------- #
 # Histograms and colour statistics
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,110 @@
+"""``motifs``: clusters of segment embeddings per space, scored infrastructure / foreground / rare.
+
+A derivation (never pixels) over the ``segments`` view and ``segment_embeddings_<space>``,
+written to ``clusters/motifs/<version>-<inputs>/`` (see :mod:`exokiratory.runner.derive`):
+
+* view ``motifs``: one row per segment and space (:data:`exokiratory.motifs.SEGMENTS_SCHEMA`);
+* view ``motifs_clusters``: one row per cluster and space
+  (:data:`exokiratory.motifs.CLUSTERS_SCHEMA`, in ``clusters/``).
+
+Every definition (k, scores, thresholds) is in :mod:`exokiratory.motifs`; parameters come from
+``passes.motifs`` (:class:`exokiratory.motifs.MotifsParams`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from exokiratory.motifs import (
+    CLUSTERS_SCHEMA,
+    SEGMENTS_SCHEMA,
+    MotifsParams,
+    SegmentSet,
+    find_motifs,
+)
+from exokiratory.passes.base import Derivation
+
+if TYPE_CHECKING:
+    from exokiratory.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+MOTIF_INPUT_SQL = """
+SELECT e.segment_id, e.image_id, e.image_idx, e.mask_index, e.embedding, e.model_id,
+       s.area_fraction, s.touches_border
+FROM "{view}" e JOIN segments s USING (segment_id)
+WHERE e.error IS NULL AND e.embedding IS NOT NULL
+ORDER BY e.image_idx, e.mask_index
+"""
+
+
+def vectors_of(column: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
+    """An embedding list column as a float32 ``(n, d)`` array."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return np.ascontiguousarray(flat.reshape(n, -1))
+
+
+def load_segment_set(catalog: Catalog, space: str) -> SegmentSet | None:
+    """The embedded segments of ``space`` with their geometry, or None when there are none."""
+    view = f"segment_embeddings_{space}"
+    if view not in catalog.views or "segments" not in catalog.views:
+        return None
+    t = catalog.query(MOTIF_INPUT_SQL.format(view=view))
+    if t.num_rows == 0:
+        return None
+    models = set(t.column("model_id").to_pylist())
+    if len(models) != 1:
+        raise ValueError(f"{view} mixes models {sorted(models)}; motifs need one model per space")
+    return SegmentSet(
+        vectors=vectors_of(t.column("embedding"), t.num_rows),
+        segment_ids=t.column("segment_id").to_pylist(),
+        image_ids=t.column("image_id").to_pylist(),
+        image_idx=t.column("image_idx").to_numpy(),
+        mask_index=t.column("mask_index").to_numpy(),
+        area_fraction=t.column("area_fraction").to_numpy(zero_copy_only=False).astype(np.float32),
+        touches_border=t.column("touches_border").to_numpy(zero_copy_only=False).astype(bool),
+    )
+
+
+class MotifsDerivation(Derivation):
+    name = "motifs"
+    dataset = "clusters/motifs"
+    version = "v1"
+    depends_on = ("segment-embed-clip", "segment-embed-dino")
+    reads = ("segment", "segment-embed-clip", "segment-embed-dino")
+    Params = MotifsParams
+    description = "segment motifs: clusters of segment embeddings, infrastructure vs foreground"
+
+    def missing_requirement(self) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("faiss") is None:
+            return "needs faiss: pip install 'exokiratory[ml]'"
+        return None
+
+    def output_schema(self) -> pa.Schema:
+        return SEGMENTS_SCHEMA
+
+    def extra_schemas(self) -> dict[str, pa.Schema]:
+        return {"clusters": CLUSTERS_SCHEMA}
+
+    def derive(self, catalog: Catalog) -> pa.Table:
+        return self.derive_outputs(catalog)[""]
+
+    def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
+        params: MotifsParams = self.params  # type: ignore[assignment]
+        segments, clusters = [SEGMENTS_SCHEMA.empty_table()], [CLUSTERS_SCHEMA.empty_table()]
+        for space in params.spaces:
+            seg = load_segment_set(catalog, space)
+            if seg is None:
+                log.info("motifs: no %s segment embeddings yet; nothing to cluster", space)
+                continue
+            per_segment, per_cluster = find_motifs(seg, space, params)
+            segments.append(per_segment)
+            clusters.append(per_cluster)
+        return {"": pa.concat_tables(segments), "clusters": pa.concat_tables(clusters)}
