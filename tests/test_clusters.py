@@ -92,8 +92,9 @@ def _make_workspace(root: Path, n_images: int) -> Workspace:
         px = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(px).save(src / f"img{i:03d}.png")
     ws = Workspace.init(root / "ws", [str(src)])
-    ws.config.passes["embed-clip"] = {"model": "tiny"}
-    ws.config.passes["embed-dino"] = {"model": "tiny"}
+    # a hub id that is never loaded: the tests write the embedding parts themselves
+    ws.config.passes["embed-clip"] = {"model": "test-org/clip-like"}
+    ws.config.passes["embed-dino"] = {"model": "test-org/dino-like"}
     ws.config.passes["clusters-clip"] = {"cluster_size": 8, "branching": 2, "max_levels": 2}
     ws.config.passes["clusters-dino"] = {"cluster_size": 8, "branching": 2, "max_levels": 2}
     ws.storage.write_bytes_atomic("exokiratory.yaml", render_config(ws.config).encode())

@@ -57,6 +57,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    # libraries' own chatter (FAISS's loader reports every CPU-feature build it tries)
+    for noisy in ("faiss", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _open(workspace: str | None) -> Workspace:

@@ -57,12 +57,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from exokiratory.embedding_flags import (
+    SEMANTIC_DUP_SCHEMA,
+    SpaceVectors,
+    high_side_robust_z,
+    knn_distance,
+    semantic_duplicates,
+)
 from exokiratory.neardup import group_near_duplicates, make_clauses
 from exokiratory.passes.base import PassParams
 from exokiratory.sense.hashes import HASH_COLUMNS
@@ -119,6 +127,18 @@ class FlagsParams(PassParams):
     junk_information_threshold: float = Field(
         0.12, ge=0, le=1, description="low_information_score below this is junk (near-blank)"
     )
+    semantic_duplicate_threshold: float = Field(
+        0.95, gt=0, le=1, description="cosine similarity of semantic near-duplicates"
+    )
+    semantic_duplicate_space: Literal["clip", "dino"] = "clip"
+    semantic_duplicate_cluster_size: int = Field(
+        1000, ge=2, description="images per k-means cluster searched for semantic duplicates"
+    )
+    route_out_semantic_duplicates: bool = Field(
+        True, description="non-canonical semantic duplicates are not worth GPU time"
+    )
+    embedding_outlier_k: int = Field(10, ge=1, le=1000)
+    embedding_outlier_threshold: float = Field(4.0, gt=0)
 
 
 FLAGS_SCHEMA = pa.schema(
@@ -153,6 +173,15 @@ FLAGS_SCHEMA = pa.schema(
         pa.field("is_dup_canonical", pa.bool_()),
         pa.field("hash_distance_to_canonical", pa.int32()),
         pa.field("is_near_duplicate", pa.bool_()),
+        pa.field("semantic_dup_group_id", pa.string()),
+        pa.field("semantic_dup_group_size", pa.int32()),
+        pa.field("is_semantic_dup_canonical", pa.bool_()),
+        pa.field("semantic_similarity_to_canonical", pa.float32()),
+        pa.field("is_semantic_duplicate", pa.bool_()),
+        pa.field("knn_distance_clip", pa.float32()),
+        pa.field("knn_distance_dino", pa.float32()),
+        pa.field("embedding_outlier_score", pa.float32()),
+        pa.field("is_embedding_outlier", pa.bool_()),
         pa.field("is_junk", pa.bool_()),
         pa.field("is_worth_gpu", pa.bool_()),
         pa.field("flags_version", pa.string()),
@@ -257,7 +286,11 @@ NEARDUP_VERSION = "neardup-v1"
 
 
 def derive_flags(
-    t: pa.Table, p: FlagsParams, version: str, dup_cache: NearDupCache | None = None
+    t: pa.Table,
+    p: FlagsParams,
+    version: str,
+    dup_cache: NearDupCache | None = None,
+    spaces: Mapping[str, SpaceVectors] | None = None,
 ) -> pa.Table:
     """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL)."""
     n = t.num_rows
@@ -319,7 +352,10 @@ def derive_flags(
     is_near_dup = np.array([r is not None and not r["is_canonical"] for r in dup_rows])
     n_paths = _col(t, "n_paths", np.int64)
     is_junk = is_corrupt | is_tiny | flag(low_info, low_info < p.junk_information_threshold)
+    emb = embedding_flag_columns(t, p, spaces or {})
     worth = (status == "ok") & sensed & ~is_junk & ~is_near_dup
+    if p.route_out_semantic_duplicates:
+        worth &= ~emb["is_semantic_duplicate"]
     params = json.dumps(p.model_dump(mode="json"), sort_keys=True)
     return pa.table(
         {
@@ -355,6 +391,7 @@ def derive_flags(
                 r["hash_distance_to_canonical"] if r else None for r in dup_rows
             ],
             "is_near_duplicate": is_near_dup,
+            **emb,
             "is_junk": is_junk,
             "is_worth_gpu": worth,
             "flags_version": [version] * n,
@@ -362,6 +399,63 @@ def derive_flags(
         },
         schema=FLAGS_SCHEMA,
     )
+
+
+def embedding_flag_columns(
+    t: pa.Table, p: FlagsParams, spaces: Mapping[str, SpaceVectors]
+) -> dict[str, Any]:
+    """Semantic near-duplicate and k-NN outlier columns (see :mod:`exokiratory.embedding_flags`),
+    aligned with ``t``; nulls (and False flags) where an image has no embedding."""
+    n = t.num_rows
+    ids = t.column("image_id").to_pylist()
+    pos = {image_id: i for i, image_id in enumerate(ids)}
+    cols: dict[str, Any] = {name: [None] * n for name in SEMANTIC_DUP_SCHEMA.names[1:]}
+    is_sem_dup = np.zeros(n, bool)
+    space = p.semantic_duplicate_space
+    if space not in spaces and spaces:
+        space = next(iter(spaces))
+    if space in spaces:
+        sv = spaces[space]
+        rows = np.array([pos.get(i, -1) for i in sv.ids])
+        quality = {
+            name: np.where(rows >= 0, _col(t, name)[rows], np.nan)
+            for name in ("megapixels", "sharpness_score", "size_bytes")
+        }
+        groups = semantic_duplicates(
+            sv, p.semantic_duplicate_threshold, p.semantic_duplicate_cluster_size, quality
+        )
+        for r in groups.to_pylist():
+            i = pos.get(r["image_id"])
+            if i is None:
+                continue
+            for name in cols:
+                cols[name][i] = r[name]
+            is_sem_dup[i] = not r["is_semantic_dup_canonical"]
+    knn = {}
+    z = np.zeros(n)
+    for name in ("clip", "dino"):
+        d = np.full(n, np.nan)
+        if name in spaces:
+            sv = spaces[name]
+            rows = np.array([pos.get(i, -1) for i in sv.ids])
+            dist = knn_distance(sv.vectors, p.embedding_outlier_k)
+            d[rows[rows >= 0]] = dist[rows >= 0]
+            z = np.maximum(z, high_side_robust_z(d))
+        knn[f"knn_distance_{name}"] = _f32(d)
+    has_any = np.zeros(n, bool)
+    for name in spaces:
+        has_any[[pos[i] for i in spaces[name].ids if i in pos]] = True
+    enough = has_any.sum() >= p.outlier_min_images
+    score = np.where(has_any & enough, z, np.nan)
+    with np.errstate(invalid="ignore"):
+        is_emb_outlier = np.nan_to_num(score > p.embedding_outlier_threshold, nan=0).astype(bool)
+    return {
+        **cols,
+        "is_semantic_duplicate": is_sem_dup,
+        **knn,
+        "embedding_outlier_score": _f32(score),
+        "is_embedding_outlier": is_emb_outlier,
+    }
 
 
 def _f32(x: np.ndarray) -> pa.Array:

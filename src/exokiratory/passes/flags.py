@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from exokiratory.embedding_flags import load_spaces
 from exokiratory.flags import (
     FLAGS_INPUT_SQL,
     FLAGS_SCHEMA,
@@ -29,7 +30,7 @@ class FlagsDerivation(Derivation):
     description = "PASS 2 routing flags (junk, duplicates, outliers, text-heavy...)"
 
     #: the unit passes whose outputs the flags read (their folders join the input fingerprint)
-    reads = ("sense", "probe")
+    reads = ("sense", "probe", "embed-clip", "embed-dino")
 
     def output_schema(self) -> pa.Schema:
         return FLAGS_SCHEMA
@@ -44,5 +45,13 @@ class FlagsDerivation(Derivation):
         )
         table = catalog.query(sql)
         params: FlagsParams = self.params  # type: ignore[assignment]
-        cache = NearDupCache(catalog.storage, self.dataset, self.inputs, params)
-        return derive_flags(table, params, self.full_version, dup_cache=cache)
+        hash_inputs = [i for i in self.inputs if not i.startswith("embeddings/")]
+        cache = NearDupCache(catalog.storage, self.dataset, hash_inputs, params)
+        spaces = load_spaces(catalog) if _has_faiss() else {}
+        return derive_flags(table, params, self.full_version, dup_cache=cache, spaces=spaces)
+
+
+def _has_faiss() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None

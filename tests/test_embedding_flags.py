@@ -1,0 +1,117 @@
+"""Semantic near-duplicates (SemDeDup-style) and k-NN embedding outliers in the flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("faiss")
+
+from exokiratory.embedding_flags import (
+    SpaceVectors,
+    candidate_pairs,
+    high_side_robust_z,
+    knn_distance,
+    semantic_duplicates,
+)
+
+from .test_clusters import _blobs, _make_workspace, _write_embeddings
+
+
+def _brute_pairs(x: np.ndarray, t: float) -> set[tuple[int, int]]:
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    i, j = np.nonzero(np.triu(s >= t, 1))
+    return set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_clusters=st.integers(1, 6),
+    per=st.integers(2, 30),
+    noise=st.floats(0.01, 0.3),
+    threshold=st.floats(0.8, 0.99),
+    size_factor=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_candidate_pairs_are_exact_and_complete_on_clustered_data(
+    n_clusters: int, per: int, noise: float, threshold: float, size_factor: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, 16))
+    x = np.repeat(centres, per, 0) + noise * rng.normal(size=(n_clusters * per, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    # k-means clusters at least as large as the natural groups (as with the default 1000)
+    found = {tuple(p) for p in candidate_pairs(x, threshold, per * size_factor).tolist()}
+    truth = _brute_pairs(x, threshold)
+    assert found <= truth  # every reported pair is re-checked exactly
+    if truth:  # clustered search with a second-nearest probe finds (nearly) all of them
+        assert len(found) >= 0.9 * len(truth)
+
+
+def test_semantic_duplicates_group_and_canonical_by_quality() -> None:
+    x, _ = _blobs(3, 1, 8, seed=2)
+    dup = x[0] + 0.01 * np.random.default_rng(0).normal(size=8)
+    vecs = np.vstack([x, dup / np.linalg.norm(dup)]).astype(np.float32)
+    sv = SpaceVectors("clip", ["a", "b", "c", "d"], vecs)
+    quality = {"megapixels": np.array([1.0, 1.0, 1.0, 4.0])}
+    t = semantic_duplicates(sv, 0.95, 1000, quality).to_pylist()
+    assert [r["image_id"] for r in t] == ["a", "d"]
+    assert all(r["semantic_dup_group_id"] == "d" for r in t)  # larger image is canonical
+    assert [r["is_semantic_dup_canonical"] for r in t] == [False, True]
+    assert t[0]["semantic_similarity_to_canonical"] > 0.95
+    assert semantic_duplicates(sv, 0.9999, 1000).num_rows == 0
+
+
+def test_knn_distance_matches_brute_force_and_finds_the_outlier() -> None:
+    x, _ = _blobs(3, 20, 16, seed=4)
+    far = -x.mean(0)
+    x = np.vstack([x, far / np.linalg.norm(far)]).astype(np.float32)
+    d = knn_distance(x, 5)
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(s, -np.inf)
+    brute = 1 - np.sort(s, axis=1)[:, ::-1][:, :5].mean(1)
+    assert np.allclose(d, brute, atol=1e-5)
+    z = high_side_robust_z(d)
+    assert int(np.argmax(z)) == len(x) - 1 and z[-1] > 4
+    assert np.isnan(knn_distance(x[:1], 5)).all()
+
+
+def test_flags_gain_semantic_duplicates_and_embedding_outliers(tmp_path: Path) -> None:
+    ws = _make_workspace(tmp_path, 40)
+    ws.run(["sense"], workers=1, progress=False)
+    ids = [
+        r["image_id"] for r in ws.sql("SELECT image_id FROM images ORDER BY image_idx").to_pylist()
+    ]
+    rng = np.random.default_rng(3)
+    x = np.repeat(rng.normal(size=(4, 32)), 10, 0) + 0.6 * rng.normal(size=(40, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # groups, members at cosine ~0.7
+    x[1] = x[0] + 0.005 * rng.normal(size=32)  # a semantic duplicate of image 0
+    x[1] /= np.linalg.norm(x[1])
+    far = rng.normal(size=32)
+    x[39] = far / np.linalg.norm(far)  # an image unlike any other
+    _write_embeddings(ws, "clip", x, ids)
+    ws.run(["flags"], progress=False)
+    f = {r["image_id"]: r for r in ws.sql("SELECT * FROM flags").to_pylist()}
+    a, b = f[ids[0]], f[ids[1]]
+    assert a["semantic_dup_group_id"] == b["semantic_dup_group_id"] is not None
+    assert a["semantic_dup_group_size"] == 2
+    assert a["is_semantic_duplicate"] != b["is_semantic_duplicate"]
+    dup_id = ids[0] if a["is_semantic_duplicate"] else ids[1]
+    routed = {r["image_id"] for r in ws.sql("SELECT image_id FROM images_routed").to_pylist()}
+    assert dup_id not in routed
+    others = [f[i] for i in ids[2:39]]
+    assert not any(r["is_semantic_duplicate"] for r in others)
+    assert f[ids[39]]["is_embedding_outlier"]
+    assert sum(r["is_embedding_outlier"] for r in f.values()) <= 3
+    assert f[ids[5]]["knn_distance_clip"] is not None and f[ids[5]]["knn_distance_dino"] is None
+    # without embeddings the columns are null and the flags are false
+    ws2 = _make_workspace(tmp_path / "plain", 5)
+    ws2.run(["sense", "flags"], workers=1, progress=False)
+    rows = ws2.sql("SELECT is_semantic_duplicate, embedding_outlier_score FROM flags").to_pylist()
+    assert rows and all(
+        r["is_semantic_duplicate"] is False and r["embedding_outlier_score"] is None for r in rows
+    )
