@@ -116,3 +116,29 @@ def test_an_unloadable_model_fails_the_pass_once(tmp_path: Path) -> None:
     assert rep.batches_failed == 1 and rep.processed == 0  # stopped after the first batch
     assert "cannot load model" in rep.failures[0]
     assert w.sql("SELECT count(*) AS n FROM embeddings_clip").to_pylist() == [{"n": 0}]
+
+
+def test_ray_runs_model_passes_on_long_lived_actors(ws: Workspace) -> None:
+    """engine=ray: one actor per (GPU) worker keeps the model loaded; same parts, same rows."""
+    pytest.importorskip("ray")
+    folder = Path(ws.storage.root) / "embeddings" / "dino" / "tiny-dino"
+    before = _vectors(ws, "embeddings_dino")
+    names = sorted(f.name for f in folder.glob("*.parquet"))
+    for f in folder.glob("*.parquet"):
+        f.unlink()
+    try:
+        (rep,) = ws.run(["embed-dino"], engine="ray", workers=1, batch_size=2)
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert rep.batches_ok == 3 and rep.batches_failed == 0  # type: ignore[union-attr]
+    after = _vectors(ws, "embeddings_dino")
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert np.allclose(after[k], v, atol=2e-3)  # another process, other BLAS threads
+    jobs = ws.sql(
+        "SELECT DISTINCT pid FROM jobs WHERE pass_name = 'embed-dino' AND engine = 'ray'"
+    ).to_pylist()
+    assert len(jobs) == 1  # every batch ran in the one actor process
+    assert names  # the local run wrote parts (their layout depends on the batch size)

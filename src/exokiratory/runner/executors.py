@@ -157,8 +157,10 @@ class RayExecutor(Executor):
                 "the ray engine cannot use a memory:// workspace (not shared between processes)"
             )
         ray = self._init()
-        gpus = 1 if p.resources == "gpu" else 0
-        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(run_batch)
+        if p.resources == "gpu":
+            self._run_on_actors(ray, p, ctx, batches, on_done)
+            return
+        remote = ray.remote(num_cpus=1, max_retries=2)(run_batch)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         max_in_flight = 2 * max(1, self.workers or total_cpus)
         pending: dict[Any, Batch] = {}
@@ -182,6 +184,59 @@ class RayExecutor(Executor):
                     log.error("%s: batch %s failed on ray: %s", p.name, b.name, exc)
                     res = _failed(b, exc)
                 on_done(b, res)
+
+    def _run_on_actors(
+        self, ray: Any, p: Pass, ctx: BatchContext, batches: Iterable[Batch], on_done: OnDone
+    ) -> None:
+        """Model passes: one long-lived actor per GPU (``workers`` of them, default: every GPU
+        of the cluster; one CPU actor on a cluster without GPUs). Each actor loads the model
+        once and keeps it for every batch it is given; at most two batches wait per actor."""
+        n_gpus = int(ray.cluster_resources().get("GPU", 0))
+        n_actors = max(1, self.workers or n_gpus or 1)
+        actor_cls = ray.remote(
+            num_cpus=1, num_gpus=1 if n_gpus else 0, max_restarts=2, max_task_retries=2
+        )(BatchActor)
+        actors = [actor_cls.remote() for _ in range(n_actors)]
+        load = dict.fromkeys(range(n_actors), 0)
+        pending: dict[Any, tuple[Batch, int]] = {}
+        it = iter(batches)
+        exhausted = False
+        try:
+            while pending or not exhausted:
+                while not exhausted and min(load.values()) < 2:
+                    b = next(it, None)
+                    if b is None:
+                        exhausted = True
+                        break
+                    a = min(load, key=lambda i: (load[i], i))
+                    load[a] += 1
+                    pending[actors[a].run.remote(p, ctx, b)] = (b, a)
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    b, a = pending.pop(ref)
+                    load[a] -= 1
+                    try:
+                        res = ray.get(ref)
+                    except Exception as exc:
+                        log.error("%s: batch %s failed on a ray actor: %s", p.name, b.name, exc)
+                        res = _failed(b, exc)
+                    on_done(b, res)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+
+class BatchActor:
+    """A Ray actor that runs batches in one process, so a model pass loads its model once per
+    GPU (models are cached per process by their loaders) instead of once per task."""
+
+    def run(self, p: Pass, ctx: BatchContext, batch: Batch) -> BatchResult:
+        return run_batch(p, ctx, batch)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def make_executor(engine: str, workers: int, ray_address: str | None = None) -> Executor:
