@@ -151,6 +151,8 @@ class Catalog:
         order = "image_idx, " + keys if "image_idx" in schema.names else keys
         one = keep_one_sql(src, p.key, "error" in schema.names, "filename")
         self._view(p.view_name, f"{one} ORDER BY {order}")
+        for name, sql in p.extra_views().items():
+            self._view(name, sql)
 
     def raw_source(self, rel: str) -> str:
         """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""

@@ -132,14 +132,14 @@ def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
 
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
-    on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.key)
-    wanted_units = p.units(cat).select(list(p.key))
+    on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.units_key)
+    wanted_units = p.units(cat).select(list(p.units_key))
     cat.con.register("_wanted_units", wanted_units)
     try:
         counts = cat.rows(
             f"""SELECT count(*) FILTER (WHERE d.error IS NULL),
                        count(*) FILTER (WHERE d.error IS NOT NULL)
-                FROM _wanted_units w JOIN "{p.view_name}" d ON {on}"""
+                FROM _wanted_units w JOIN "{p.done_view}" d ON {on}"""
         )
     finally:
         cat.con.unregister("_wanted_units")

@@ -7,10 +7,12 @@ Roles:
 
 * ``"clip"``: a CLIP model; its image embeddings live in the CLIP space shared with text.
 * ``"dino"``: a DINOv2 backbone; its image embeddings (CLS token) live in the DINO space.
+* ``"sam"``: a Segment Anything model (SAM ViT-H/L/B or SAM 2 Hiera) for promptable masks.
 
 Names accepted by :func:`resolve`:
 
 * a profile name from :data:`PROFILES` (``"full"``, ``"lite"``) or :data:`TINY_PROFILE`;
+* a role-specific profile from :data:`ROLE_PROFILES` (``sam``: ``"large"``, ``"sam2"``...);
 * a Hugging Face hub id (``"org/name"``), optionally pinned as ``"org/name@revision"``;
 * a local directory holding a checkpoint saved with ``save_pretrained``.
 
@@ -27,14 +29,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-ROLES: Final[tuple[str, ...]] = ("clip", "dino")
-"""Embedding roles a model can fill."""
+ROLES: Final[tuple[str, ...]] = ("clip", "dino", "sam")
+"""Roles a model can fill."""
 
 PROFILES: Final[dict[str, dict[str, str]]] = {
-    "full": {"clip": "openai/clip-vit-large-patch14", "dino": "facebook/dinov2-large"},
-    "lite": {"clip": "openai/clip-vit-base-patch32", "dino": "facebook/dinov2-small"},
+    "full": {
+        "clip": "openai/clip-vit-large-patch14",
+        "dino": "facebook/dinov2-large",
+        "sam": "facebook/sam-vit-huge",
+    },
+    "lite": {
+        "clip": "openai/clip-vit-base-patch32",
+        "dino": "facebook/dinov2-small",
+        "sam": "facebook/sam-vit-base",
+    },
 }
 """Named sets of real hub checkpoints, one per role."""
+
+ROLE_PROFILES: Final[dict[str, dict[str, str]]] = {
+    "sam": {
+        "huge": "facebook/sam-vit-huge",
+        "large": "facebook/sam-vit-large",
+        "base": "facebook/sam-vit-base",
+        "sam2": "facebook/sam2.1-hiera-large",
+        "sam2-base": "facebook/sam2.1-hiera-base-plus",
+        "sam2-small": "facebook/sam2.1-hiera-small",
+        "sam2-tiny": "facebook/sam2.1-hiera-tiny",
+    },
+}
+"""Extra profile names that only make sense for one role."""
 
 TINY_PROFILE: Final[str] = "tiny"
 """Profile of random-weight models built locally (outputs are plumbing, never meaning)."""
@@ -95,6 +118,8 @@ def resolve(role: str, name: str) -> ModelSpec:
         return ModelSpec(role=role, model_id=f"{TINY_PREFIX}{role}", revision=None, space=role)
     if name in PROFILES:
         return ModelSpec(role=role, model_id=PROFILES[name][role], revision=None, space=role)
+    if name in ROLE_PROFILES.get(role, {}):
+        return ModelSpec(role, ROLE_PROFILES[role][name], revision=None, space=role)
     local = _as_local_dir(name)
     if local is not None:
         return ModelSpec(role=role, model_id=str(local), revision=None, space=role)

@@ -14,6 +14,7 @@ from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
 from exokiratory.passes.flags import FlagsDerivation
 from exokiratory.passes.motifs import MotifsDerivation
 from exokiratory.passes.probe import ProbePass
+from exokiratory.passes.segment import SegmentMasksPass
 from exokiratory.passes.segment_embed import (
     ClipSegmentEmbedPass,
     DinoSegmentEmbedPass,
@@ -30,6 +31,7 @@ PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
     FlagsDerivation,
     ClipEmbedPass,
     DinoEmbedPass,
+    SegmentMasksPass,
     ClipClustersDerivation,
     DinoClustersDerivation,
     ClipSegmentEmbedPass,

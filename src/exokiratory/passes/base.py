@@ -87,6 +87,10 @@ class Pass(ABC):
     #: bump when the output for the same input changes (new model, new parameters...)
     version: ClassVar[str]
     key: ClassVar[tuple[str, ...]] = ("image_id",)
+    #: columns of a unit of work, when a unit gives several rows (e.g. one image, many
+    #: segments keyed ``(image_id, mask_index)``); empty: the same as ``key``. Such a pass
+    #: writes every unit's rows in one part and exposes :attr:`done_view` (one row per unit)
+    unit_key: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[str] = "cpu"
     depends_on: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[PassParams]] = PassParams
@@ -98,6 +102,20 @@ class Pass(ABC):
     @property
     def view_name(self) -> str:
         return self.name.replace("-", "_")
+
+    @property
+    def units_key(self) -> tuple[str, ...]:
+        """Key of a unit of work (the planner's anti-join): ``unit_key`` or ``key``."""
+        return self.unit_key or self.key
+
+    @property
+    def done_view(self) -> str:
+        """View with one row per processed unit (``units_key`` columns and ``error``)."""
+        return self.view_name
+
+    def extra_views(self) -> dict[str, str]:
+        """More catalog views over :attr:`view_name` (name -> SELECT), defined after it."""
+        return {}
 
     def missing_requirement(self) -> str | None:
         """Why this pass cannot run in this environment (e.g. an extra not installed), or None."""

@@ -99,11 +99,12 @@ def check_output(p: Pass, units: pa.Table, table: pa.Table) -> pa.Table:
     if missing:
         raise OutputContractError(f"{p.name}: output lacks columns {missing}")
     table = table.select(schema.names).cast(schema)
-    want = set(zip(*(units.column(k).to_pylist() for k in p.key), strict=True))
+    want = set(zip(*(units.column(k).to_pylist() for k in p.units_key), strict=True))
+    got_units = set(zip(*(table.column(k).to_pylist() for k in p.units_key), strict=True))
     got = list(zip(*(table.column(k).to_pylist() for k in p.key), strict=True))
-    if len(got) != len(set(got)) or set(got) != want:
+    if len(got) != len(set(got)) or got_units != want:
         raise OutputContractError(
-            f"{p.name}: output keys do not match the batch's units one to one "
-            f"({len(got)} rows for {len(want)} units)"
+            f"{p.name}: output keys do not match the batch's units "
+            f"({len(got)} rows, {len(got_units)} units out, {len(want)} units in)"
         )
     return table

@@ -83,8 +83,8 @@ def plan(
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
     wanted = p.units(catalog)
-    done = catalog.query(f'SELECT {", ".join(p.key)}, error FROM "{p.view_name}"')
-    keys = list(p.key)
+    keys = list(p.units_key)
+    done = catalog.query(f'SELECT {", ".join(keys)}, error FROM "{p.done_view}"')
     con = duckdb.connect()
     try:
         con.register(
