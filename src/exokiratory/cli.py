@@ -271,13 +271,25 @@ def index_build(
     ] = None,
     workspace: WorkspaceOpt = None,
     kind: Annotated[str, typer.Option(help="auto | flat (exact) | hnsw")] = "auto",
+    segments: Annotated[
+        bool, typer.Option("--segments", help="Index segment embeddings (PASS 4) instead.")
+    ] = False,
 ) -> None:
-    """Build or extend indices/<space>.faiss with its id map and metadata."""
+    """Build or extend indices/<space>.faiss (or segments-<space>.faiss) with its id map and
+    metadata."""
     ws = _open(workspace)
     with ws.catalog() as cat:
-        present = [s for s in ("clip", "dino") if f"embeddings_{s}" in cat.views]
+        if segments:
+            present = [
+                s
+                for s in ("clip", "dino")
+                if f"segment_embeddings_{s}" in cat.views
+                and cat.scalar(f"SELECT count(*) FROM segment_embeddings_{s} WHERE error IS NULL")
+            ]
+        else:
+            present = [s for s in ("clip", "dino") if f"embeddings_{s}" in cat.views]
     for space in spaces or present:
-        out.print(ws.build_index(space, kind).summary(), soft_wrap=True)
+        out.print(ws.build_index(space, kind, segments=segments).summary(), soft_wrap=True)
 
 
 def _print_hits(table: pa.Table, fmt: str) -> None:
@@ -291,14 +303,19 @@ def _print_hits(table: pa.Table, fmt: str) -> None:
 def search(
     workspace: WorkspaceOpt = None,
     text: Annotated[str | None, typer.Option(help="Text query (CLIP).")] = None,
-    image: Annotated[str | None, typer.Option(help="An image id or an image file.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="An image id (segment id with --segments) or a file.")
+    ] = None,
     space: Annotated[str, typer.Option(help="clip | dino")] = "clip",
     k: Annotated[int, typer.Option("-k", help="Number of results.", min=1)] = 10,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    segments: Annotated[
+        bool, typer.Option("--segments", help="Search segments; show their parent images.")
+    ] = False,
 ) -> None:
-    """Nearest images to a text or an image, from the FAISS index of a space."""
+    """Nearest images (or segments) to a text or an image, from the FAISS index of a space."""
     ws = _open(workspace)
-    _print_hits(ws.search(text=text, image=image, space=space, k=k), fmt)
+    _print_hits(ws.search(text=text, image=image, space=space, k=k, segments=segments), fmt)
 
 
 @app.command()

@@ -11,6 +11,11 @@ Index choice by size (cosine similarity = inner product of the stored unit vecto
   at 10^5 and took 120 s to build, which is why exact search is used that far; its recall on
   real, clustered embeddings is not measured yet.
 
+Segment indices (``indices/segments-<space>.*``, built with ``segments=True`` from
+``segment_embeddings_<space>``) key each segment by the int64 :func:`segment_int_id`
+``image_idx << 20 | mask_index`` (stable: both parts are frozen), and their id map holds
+``id, segment_id, image_id, image_idx``.
+
 Builds are incremental: when the stored index holds a subset of the current embeddings with the
 same kind and model, only the new vectors are added. Files are written atomically (the id map and
 metadata after the index; a reader checks that their counts agree).
@@ -38,6 +43,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
 SPACES = ("clip", "dino")
+SEGMENT_ID_BITS = 20
+"""Low bits of a segment's int64 index id that hold its ``mask_index`` (< 2^20 per image)."""
 
 
 def _faiss() -> Any:
@@ -63,8 +70,47 @@ class IndexReport:
         )
 
 
-def _paths(space: str) -> tuple[str, str, str]:
-    return f"indices/{space}.faiss", f"indices/{space}.ids.parquet", f"indices/{space}.json"
+def _paths(space: str, segments: bool = False) -> tuple[str, str, str]:
+    stem = f"indices/segments-{space}" if segments else f"indices/{space}"
+    return f"{stem}.faiss", f"{stem}.ids.parquet", f"{stem}.json"
+
+
+def segment_int_id(image_idx: np.ndarray, mask_index: np.ndarray) -> np.ndarray:
+    """The int64 index id of segments: ``image_idx << 20 | mask_index``."""
+    mask_index = np.asarray(mask_index, np.int64)
+    if len(mask_index) and (mask_index.min() < 0 or mask_index.max() >= 1 << SEGMENT_ID_BITS):
+        raise ValueError(f"mask_index must be in [0, 2^{SEGMENT_ID_BITS}) for segment indices")
+    return (np.asarray(image_idx, np.int64) << SEGMENT_ID_BITS) | mask_index
+
+
+def load_segment_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Table, str]:
+    """(vectors float32, id map rows ``id, segment_id, image_id, image_idx``, model_id) of the
+    stored segment embeddings of ``space``."""
+    view = f"segment_embeddings_{space}"
+    hint = f"run `exokiratory run segment-embed-{space}` first"
+    if view not in cat.views:
+        raise ValueError(f"no {space} segment embeddings: {hint}")
+    t = cat.query(
+        f"SELECT segment_id, image_id, image_idx, mask_index, embedding, model_id FROM {view} "
+        "WHERE error IS NULL ORDER BY image_idx, mask_index"
+    )
+    if t.num_rows == 0:
+        raise ValueError(f"no {space} segment embeddings yet: {hint}")
+    models = set(t.column("model_id").to_pylist())
+    if len(models) != 1:
+        raise ValueError(f"{view} mixes models {sorted(models)}; one index per model")
+    flat = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = np.ascontiguousarray(flat.astype(np.float32).reshape(t.num_rows, -1))
+    idx = t.column("image_idx").to_numpy()
+    keys = pa.table(
+        {
+            "id": segment_int_id(idx, t.column("mask_index").to_numpy()),
+            "segment_id": t.column("segment_id"),
+            "image_id": t.column("image_id"),
+            "image_idx": idx,
+        }
+    )
+    return vectors, keys, models.pop()
 
 
 def load_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, np.ndarray, list[str], str]:
@@ -107,29 +153,39 @@ def _new_index(kind: str, dim: int) -> Any:
     return faiss.IndexIDMap2(base)
 
 
-def read_meta(storage: Storage, space: str) -> dict[str, Any] | None:
-    _, _, meta_rel = _paths(space)
+def read_meta(storage: Storage, space: str, segments: bool = False) -> dict[str, Any] | None:
+    _, _, meta_rel = _paths(space, segments)
     if not storage.exists(meta_rel):
         return None
     meta: dict[str, Any] = json.loads(storage.read_bytes(meta_rel))
     return meta
 
 
-def build_index(storage: Storage, cat: Catalog, space: str, kind: str = "auto") -> IndexReport:
-    """Build or extend the index of ``space`` from the stored embeddings."""
+def build_index(
+    storage: Storage, cat: Catalog, space: str, kind: str = "auto", *, segments: bool = False
+) -> IndexReport:
+    """Build or extend the index of ``space`` from the stored embeddings (of the images, or of
+    the segments with ``segments=True``)."""
     if space not in SPACES:
         raise ValueError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
     if kind not in ("auto", "flat", "hnsw"):
         raise ValueError("kind must be auto, flat or hnsw")
     faiss = _faiss()
     t0 = time.monotonic()
-    vectors, idx, ids, model_id = load_embeddings(cat, space)
+    if segments:
+        vectors, keys, model_id = load_segment_embeddings(cat, space)
+        id_col = "id"
+    else:
+        vectors, image_idx, image_ids, model_id = load_embeddings(cat, space)
+        keys = pa.table({"image_idx": image_idx, "image_id": image_ids})
+        id_col = "image_idx"
+    idx = keys.column(id_col).to_numpy()
     kind = choose_kind(len(idx)) if kind == "auto" else kind
-    index_rel, ids_rel, meta_rel = _paths(space)
-    meta = read_meta(storage, space)
+    index_rel, ids_rel, meta_rel = _paths(space, segments)
+    meta = read_meta(storage, space, segments)
     index, known = None, np.zeros(0, np.int64)
     if meta and meta.get("kind") == kind and meta.get("model_id") == model_id:
-        known = storage.read_parquet(ids_rel).column("image_idx").to_numpy()
+        known = storage.read_parquet(ids_rel).column(id_col).to_numpy()
         if np.isin(known, idx).all():
             index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
         else:
@@ -140,15 +196,15 @@ def build_index(storage: Storage, cat: Catalog, space: str, kind: str = "auto") 
     if new.any():
         index.add_with_ids(vectors[new], idx[new].astype(np.int64))
     all_idx = np.concatenate([known, idx[new]])
-    id_of = dict(zip(idx.tolist(), ids, strict=True))
+    order = np.argsort(idx, kind="stable")
     storage.write_bytes_atomic(index_rel, faiss.serialize_index(index).tobytes())
     storage.write_parquet_atomic(
-        ids_rel,
-        pa.table({"image_idx": all_idx, "image_id": [id_of[int(i)] for i in all_idx]}),
+        ids_rel, keys.take(order[np.searchsorted(idx, all_idx, sorter=order)])
     )
     params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
     new_meta = {
         "space": space,
+        "segments": segments,
         "kind": kind,
         "metric": "inner_product (cosine of unit vectors)",
         "params": params if kind == "hnsw" else {},
@@ -161,30 +217,43 @@ def build_index(storage: Storage, cat: Catalog, space: str, kind: str = "auto") 
     return IndexReport(space, kind, len(all_idx), int(new.sum()), time.monotonic() - t0)
 
 
-def load_index(storage: Storage, space: str) -> tuple[Any, dict[int, str], dict[str, Any]]:
-    """The index, its image_idx -> image_id map, and its metadata."""
+def _load(storage: Storage, space: str, segments: bool) -> tuple[Any, pa.Table, dict[str, Any]]:
+    """The index, its id map table and its metadata."""
     faiss = _faiss()
-    meta = read_meta(storage, space)
+    meta = read_meta(storage, space, segments)
+    what = f"{space} segment" if segments else space
     if meta is None:
-        raise ValueError(f"no {space} index: run `exokiratory index build {space}` first")
-    index_rel, ids_rel, _ = _paths(space)
+        flag = " --segments" if segments else ""
+        raise ValueError(f"no {what} index: run `exokiratory index build {space}{flag}` first")
+    index_rel, ids_rel, _ = _paths(space, segments)
     index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
     ids = storage.read_parquet(ids_rel)
     if ids.num_rows != index.ntotal or ids.num_rows != meta["count"]:
-        raise RuntimeError(f"{space} index files disagree (interrupted build?): rebuild it")
+        raise RuntimeError(f"{what} index files disagree (interrupted build?): rebuild it")
+    return index, ids, meta
+
+
+def load_index(storage: Storage, space: str) -> tuple[Any, dict[int, str], dict[str, Any]]:
+    """The index, its image_idx -> image_id map, and its metadata."""
+    index, ids, meta = _load(storage, space, False)
     id_map = dict(
         zip(ids.column("image_idx").to_pylist(), ids.column("image_id").to_pylist(), strict=True)
     )
     return index, id_map, meta
 
 
-def search_vectors(storage: Storage, space: str, queries: np.ndarray, k: int) -> pa.Table:
-    """Top-``k`` neighbours of each query vector: query, rank, image_idx, image_id, score."""
+def search_vectors(
+    storage: Storage, space: str, queries: np.ndarray, k: int, *, segments: bool = False
+) -> pa.Table:
+    """Top-``k`` neighbours of each query vector: query, rank, image_idx, image_id, score
+    (with ``segments=True``: query, rank, segment_id, image_id, image_idx, score)."""
     if k < 1:
         raise ValueError("k must be >= 1")
-    index, id_map, _ = load_index(storage, space)
     q = np.ascontiguousarray(np.atleast_2d(queries).astype(np.float32))
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    if segments:
+        return _search_segments(storage, space, q, k)
+    index, id_map, _ = load_index(storage, space)
     scores, found = index.search(q, min(k, index.ntotal))
     rows = []
     for qi in range(q.shape[0]):
@@ -210,3 +279,37 @@ def search_vectors(storage: Storage, space: str, queries: np.ndarray, k: int) ->
         ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+SEGMENT_HITS_SCHEMA = pa.schema(
+    [
+        ("query", pa.int32()),
+        ("rank", pa.int32()),
+        ("segment_id", pa.string()),
+        ("image_id", pa.string()),
+        ("image_idx", pa.int64()),
+        ("score", pa.float32()),
+    ]
+)
+
+
+def _search_segments(storage: Storage, space: str, q: np.ndarray, k: int) -> pa.Table:
+    index, ids, _ = _load(storage, space, True)
+    scores, found = index.search(q, min(k, index.ntotal))
+    id_col = ids.column("id").to_numpy()
+    order = np.argsort(id_col, kind="stable")
+    hit = found >= 0
+    qi, rank = np.nonzero(hit)
+    rows = order[np.searchsorted(id_col, found[hit], sorter=order)]
+    keys = ids.take(rows)
+    return pa.table(
+        {
+            "query": qi.astype(np.int32),
+            "rank": (rank + 1).astype(np.int32),
+            "segment_id": keys.column("segment_id"),
+            "image_id": keys.column("image_id"),
+            "image_idx": keys.column("image_idx"),
+            "score": scores[hit].astype(np.float32),
+        },
+        schema=SEGMENT_HITS_SCHEMA,
+    )

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from exokiratory.indices import IndexReport
+    from exokiratory.models.registry import ModelSpec
     from exokiratory.passes.embed import EmbedPass
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,15 @@ class Workspace:
         return reports
 
     # -- similarity --------------------------------------------------------------------------
-    def build_index(self, space: str = "clip", kind: str = "auto") -> IndexReport:
-        """Build or extend the FAISS index of ``space`` (clip | dino) from stored embeddings."""
+    def build_index(
+        self, space: str = "clip", kind: str = "auto", *, segments: bool = False
+    ) -> IndexReport:
+        """Build or extend the FAISS index of ``space`` (clip | dino) from stored embeddings
+        (of the segments, ``indices/segments-<space>.*``, with ``segments=True``)."""
         from exokiratory.indices import build_index
 
         with self.catalog() as cat:
-            return build_index(self.storage, cat, space, kind)
+            return build_index(self.storage, cat, space, kind, segments=segments)
 
     def _embed_pass(self, space: str) -> EmbedPass:
         from exokiratory.passes.embed import EmbedPass
@@ -216,6 +220,15 @@ class Workspace:
             raise TypeError(f"{name} is not an embedding pass")
         return p
 
+    def _segment_embed_spec(self, space: str) -> ModelSpec:
+        """The model of ``segment-embed-<space>`` (segment queries must use the same one)."""
+        from exokiratory.passes.segment_embed import SegmentEmbedPass
+
+        (p,) = self.passes([f"segment-embed-{space}"])
+        if not isinstance(p, SegmentEmbedPass):
+            raise TypeError(f"segment-embed-{space} is not a segment embedding pass")
+        return p.spec
+
     def search(
         self,
         *,
@@ -223,14 +236,22 @@ class Workspace:
         image: str | None = None,
         space: str = "clip",
         k: int = 10,
+        segments: bool = False,
     ) -> pa.Table:
-        """Nearest images to a text (CLIP only), an image id, or an image file; with paths."""
+        """Nearest images to a text (CLIP only), an image id, or an image file; with paths.
+
+        With ``segments=True``: nearest *segments* (index ``segments-<space>``), queried by a
+        text, an image file (its whole-image embedding) or a ``segment_id``; columns rank,
+        score, segment_id, image_id, image_idx, path, bbox (mask pixels), area_fraction.
+        """
         from exokiratory.indices import search_vectors
 
         if (text is None) == (image is None):
             raise ValueError("give exactly one of text= or image=")
         if text is not None and space != "clip":
             raise ValueError("text search needs the clip space (DINOv2 has no text tower)")
+        if segments:
+            return self._search_segments(text, image, space, k)
         query = self._query_vector(text, image, space)
         hits = search_vectors(self.storage, space, query, k)
         with self.catalog() as cat:
@@ -243,14 +264,43 @@ class Workspace:
             finally:
                 cat.con.unregister("_hits")
 
+    def _search_segments(self, text: str | None, image: str | None, space: str, k: int) -> pa.Table:
+        from exokiratory.indices import search_vectors
+
+        query = self._query_vector(text, image, space, segments=True)
+        hits = search_vectors(self.storage, space, query, k, segments=True)
+        with self.catalog() as cat:
+            cat.con.register("_hits", hits)
+            try:
+                return cat.query(
+                    "SELECT h.rank, h.score, h.segment_id, h.image_id, h.image_idx, "
+                    "i.first_path AS path, s.bbox, s.area_fraction FROM _hits h "
+                    "JOIN images i USING (image_id) LEFT JOIN segments s USING (segment_id) "
+                    "ORDER BY h.query, h.rank"
+                )
+            finally:
+                cat.con.unregister("_hits")
+
     def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pa.Table:
         """Nearest images to a registered image (itself first)."""
         return self.search(image=image_id, space=space, k=k)
 
-    def _query_vector(self, text: str | None, image: str | None, space: str) -> np.ndarray:
+    def _query_vector(
+        self, text: str | None, image: str | None, space: str, *, segments: bool = False
+    ) -> np.ndarray:
         from exokiratory.models.vision import load_embedder
         from exokiratory.passes.embed import cache_dir_for
 
+        if segments and image is not None and not os.path.exists(image) and "://" not in image:
+            rows = self.sql(
+                f"SELECT embedding FROM segment_embeddings_{space} WHERE error IS NULL AND "
+                f"segment_id = '{image.replace(chr(39), '')}'"
+            ).to_pylist()
+            if not rows:
+                raise ValueError(
+                    f"{image!r} is neither a file nor a segment id with a {space} embedding"
+                )
+            return np.asarray(rows[0]["embedding"], np.float32)[None, :]
         if image is not None and not os.path.exists(image) and "://" not in image:
             rows = self.sql(
                 f"SELECT embedding FROM embeddings_{space} WHERE error IS NULL AND "
@@ -261,8 +311,8 @@ class Workspace:
                     f"{image!r} is neither a file nor an image id with a {space} embedding"
                 )
             return np.asarray(rows[0]["embedding"], np.float32)[None, :]
-        p = self._embed_pass(space)
-        embedder = load_embedder(p.spec, cache_dir_for(self.storage.url), "auto")
+        spec = self._segment_embed_spec(space) if segments else self._embed_pass(space).spec
+        embedder = load_embedder(spec, cache_dir_for(self.storage.url), "auto")
         if text is not None:
             embed_texts = getattr(embedder, "embed_texts", None)
             if embed_texts is None:
