@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import io
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from exokiratory.models.vision import ImageEmbedder
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ROUTED_UNITS_SQL = (
     """
@@ -202,23 +207,36 @@ class EmbedPass(ImagePass):
         def prepare(unit: dict[str, Any]) -> np.ndarray | str:
             try:
                 data = ctx.read_bytes(unit["path"], unit.get("source"))
-                with Image.open(io.BytesIO(data)) as im:
-                    if im.width * im.height > ctx.max_image_pixels:
-                        return "ValueError: decompression bomb: over the pixel limit"
-                    im.draft("RGB", (embedder.image_size * 2, embedder.image_size * 2))
-                    rgb = ImageOps.exif_transpose(im).convert("RGB")
-                return embedder.preprocess(rgb)
+                return model_input(data, embedder, ctx.max_image_pixels)
             except Exception as exc:  # a bad image is a row, never a crash
                 return f"{type(exc).__name__}: {exc}"
 
+        embedder.batch_size = params.forward_batch_size
+        prepared: list[np.ndarray | str] = []
+        good: list[int] = []
+        chunks: list[np.ndarray] = []
+        pending: list[int] = []
+
+        def forward() -> None:
+            if pending:
+                chunks.append(embedder.embed_pixels(np.stack([prepared[i] for i in pending])))
+                for i in pending:
+                    prepared[i] = ""  # the pixels are no longer needed
+                good.extend(pending)
+                pending.clear()
+
+        # Threads decode and preprocess up to two forward batches ahead while this thread runs
+        # the model on the batch before: decode and inference overlap (bench/embed_overlap.py).
+        ahead = 2 * params.forward_batch_size
         with ThreadPoolExecutor(params.decode_threads, thread_name_prefix="exo-embed") as pool:
-            prepared = list(pool.map(prepare, rows))
-        good = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
-        vectors = (
-            embedder.embed_pixels(np.stack([prepared[i] for i in good]))
-            if good
-            else np.zeros((0, embedder.dim), np.float32)
-        )
+            for i, item in enumerate(_ordered_prefetch(pool, prepare, rows, ahead)):
+                prepared.append(item)
+                if isinstance(item, np.ndarray):
+                    pending.append(i)
+                if len(pending) >= params.forward_batch_size:
+                    forward()
+            forward()
+        vectors = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
         return self._table(rows, prepared, good, vectors)
 
     def _table(
@@ -242,6 +260,40 @@ class EmbedPass(ImagePass):
             }
         )
         return table.cast(schema)
+
+
+def model_input(data: bytes, embedder: ImageEmbedder, max_pixels: int) -> np.ndarray:
+    """Decode an image file (EXIF orientation applied, JPEG DCT-scaled to twice the model's
+    input size) and preprocess it into the model's ``(C, H, W)`` float32 input.
+
+    Raises:
+        ValueError: for an image over ``max_pixels`` (a decompression bomb).
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        if im.width * im.height > max_pixels:
+            raise ValueError("decompression bomb: over the pixel limit")
+        im.draft("RGB", (embedder.image_size * 2, embedder.image_size * 2))
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+    return embedder.preprocess(rgb)
+
+
+def _ordered_prefetch(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T], ahead: int
+) -> Iterator[R]:
+    """``fn`` of each item, in order, computed by ``pool`` at most ``ahead`` items in advance
+    (bounded memory, unlike ``pool.map``, which submits everything at once)."""
+    queue: deque[Future[R]] = deque()
+    it = iter(items)
+    for item in it:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= ahead:
+            break
+    while queue:
+        done = queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(fn, nxt))
+        yield done
 
 
 def cache_dir_for(workspace_url: str) -> str:
