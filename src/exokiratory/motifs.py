@@ -7,7 +7,9 @@ Per space (``clip``, ``dino``), over the segments that have an embedding in that
 
 * ``k = choose_k(n, target_cluster_size)`` (about ``target_cluster_size`` = 50 segments per
   cluster, at least 2 clusters, never more than n) and
-  :func:`exokiratory.clustering.spherical_kmeans` with a fixed seed. Clusters are renumbered
+  :func:`exokiratory.clustering.spherical_kmeans`, restarted ``n_init`` (3) times with seeds
+  ``seed, seed + 1, ...``, keeping the fit with the highest total cosine similarity (a single
+  random initialisation can merge a small motif into a large one). Clusters are renumbered
   by size, largest first (ties: the cluster of the earlier segment first), so ``cluster_id``
   does not depend on FAISS's internal order.
 * Per cluster (``N`` = images with at least one clustered segment in this space):
@@ -63,6 +65,7 @@ class MotifsParams(PassParams):
     )
     target_cluster_size: int = Field(50, ge=2, description="segments per cluster, on average")
     niter: int = Field(25, ge=1, le=1000)
+    n_init: int = Field(3, ge=1, le=20, description="k-means restarts; the best fit is kept")
     seed: int = 0
     exemplars: int = Field(5, ge=1, le=100)
     recurrence_ref: float = Field(0.05, gt=0.0, le=1.0)
@@ -194,20 +197,35 @@ def robust_outlier_scores(
     return ((d - med[assign]) / scale[assign]).astype(np.float32)
 
 
+def cluster_segments(seg: SegmentSet, params: MotifsParams) -> KMeansResult:
+    """Spherical k-means of the segments, clusters renumbered by size (largest first)."""
+    x = normalise_rows(seg.vectors)
+    k = choose_k(seg.n, params.target_cluster_size) if seg.n >= 2 else 1
+    fits = [
+        spherical_kmeans(x, k, seed=params.seed + i, niter=params.niter)
+        for i in range(params.n_init if k > 1 else 1)
+    ]
+    fit = max(fits, key=lambda f: float(f.similarity.sum(dtype=np.float64)))
+    relabel = _relabel_by_size(fit.assignments, k)
+    centroids = np.empty_like(fit.centroids)
+    centroids[relabel] = fit.centroids
+    return KMeansResult(relabel[fit.assignments], centroids, fit.similarity)
+
+
 def find_motifs(seg: SegmentSet, space: str, params: MotifsParams) -> tuple[pa.Table, pa.Table]:
     """(per-segment table, per-cluster table) of one space (schemas above)."""
     if seg.n == 0:
         return SEGMENTS_SCHEMA.empty_table(), CLUSTERS_SCHEMA.empty_table()
-    x = normalise_rows(seg.vectors)
-    k = choose_k(seg.n, params.target_cluster_size) if seg.n >= 2 else 1
-    fit = spherical_kmeans(x, k, seed=params.seed, niter=params.niter)
-    relabel = _relabel_by_size(fit.assignments, k)
-    assign = relabel[fit.assignments]
-    centroids = np.empty_like(fit.centroids)
-    centroids[relabel] = fit.centroids
-    sim = fit.similarity
-    ranked = exemplars(KMeansResult(assign, centroids, sim), params.exemplars)
-    clusters = _cluster_table(seg, space, params, assign, centroids, sim, ranked)
+    return score_motifs(seg, space, params, cluster_segments(seg, params))
+
+
+def score_motifs(
+    seg: SegmentSet, space: str, params: MotifsParams, fit: KMeansResult
+) -> tuple[pa.Table, pa.Table]:
+    """The two tables for a given clustering of ``seg`` (see the module docstring)."""
+    assign, sim, k = fit.assignments, fit.similarity, fit.k
+    ranked = exemplars(fit, params.exemplars)
+    clusters = _cluster_table(seg, space, params, assign, fit.centroids, sim, ranked)
     outlier = robust_outlier_scores(1.0 - sim, assign, k, params.robust_min_size)
     is_exemplar = np.zeros(seg.n, bool)
     for rows in ranked.values():
@@ -222,7 +240,7 @@ def find_motifs(seg: SegmentSet, space: str, params: MotifsParams) -> tuple[pa.T
             "mask_index": seg.mask_index.astype(np.int32),
             "space": [space] * seg.n,
             "k": np.full(seg.n, k, np.int32),
-            "cluster_id": assign,
+            "cluster_id": assign.astype(np.int32),
             "similarity": sim.astype(np.float32),
             "outlier_score": outlier,
             "is_outlier": outlier > params.outlier_z,
