@@ -142,3 +142,23 @@ def test_ray_runs_model_passes_on_long_lived_actors(ws: Workspace) -> None:
     ).to_pylist()
     assert len(jobs) == 1  # every batch ran in the one actor process
     assert names  # the local run wrote parts (their layout depends on the batch size)
+
+
+def test_embed_alias_and_all_images_flag_then_models_are_released(ws: Workspace) -> None:
+    from typer.testing import CliRunner
+
+    from exokiratory.cli import app
+    from exokiratory.models import vision
+
+    ok = {
+        r["image_id"] for r in ws.sql("SELECT image_id FROM images WHERE status = 'ok'").to_pylist()
+    }
+    assert set(_vectors(ws, "embeddings_clip")) < ok  # routed only so far
+    r = CliRunner().invoke(
+        app, ["run", "embed", "--all", "-w", str(ws.storage.root)], catch_exceptions=False
+    )
+    assert r.exit_code == 0, r.output
+    assert "embed-clip" in r.output and "embed-dino" in r.output
+    assert set(_vectors(ws, "embeddings_clip")) == ok  # the near-duplicate copy too
+    assert ws.status().passes  # same dataset version: --all adds rows, it does not fork
+    assert not vision._CACHE  # the models were dropped after their pass

@@ -128,8 +128,15 @@ def run(
     retry_errors: Annotated[
         bool, typer.Option(help="Recompute units that errored before.")
     ] = False,
+    all_images: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Model passes take every readable image, not only the routed ones."
+        ),
+    ] = False,
 ) -> None:
-    """Run passes through the resume-safe runner (only units not yet done are processed)."""
+    """Run passes through the resume-safe runner (only units not yet done are processed).
+    'embed' stands for embed-clip and embed-dino."""
     ws = _open(workspace)
     if engine not in (None, "local", "ray"):
         raise CliError(f"--engine must be 'local' or 'ray', not {engine!r}")
@@ -140,6 +147,7 @@ def run(
         workers=workers,
         batch_size=batch_size,
         retry_errors=retry_errors,
+        all_images=all_images,
     )
     failed = False
     for r in reports:
@@ -329,6 +337,30 @@ def similar(
     """Nearest images to a registered image (itself first)."""
     ws = _open(workspace)
     _print_hits(ws.similar(image_id, space=space, k=k), fmt)
+
+
+@app.command()
+def report(
+    workspace: WorkspaceOpt = None,
+    name: Annotated[str, typer.Option(help="Writes reports/<name>.html.")] = "report",
+    sample: Annotated[
+        int | None, typer.Option(help="Points per embedding map (default 2000).", min=10)
+    ] = None,
+    open_it: Annotated[
+        bool, typer.Option("--open", help="Open the report in a web browser.")
+    ] = False,
+) -> None:
+    """Build the static HTML diagnostics report (a file, no server): overview, when to move on,
+    distributions with thresholds, galleries, embedding maps, every table."""
+    ws = _open(workspace)
+    result = ws.report(name, sample=sample)
+    out.print(result.summary(), soft_wrap=True)
+    if open_it:
+        import webbrowser
+
+        if result.local_path is None:
+            raise CliError(f"the report is at {result.url}: copy it here to open it")
+        webbrowser.open(Path(result.local_path).as_uri())
 
 
 @app.command()

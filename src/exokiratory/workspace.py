@@ -23,7 +23,14 @@ from exokiratory.config import (
 )
 from exokiratory.layout import CONFIG_FILE, DIRECTORIES
 from exokiratory.manifest.scan import Scanner, ScanReport, normalise_source
-from exokiratory.passes import PASS_CLASSES, REGISTRY, Step, get_pass, pass_names
+from exokiratory.passes import (
+    PASS_ALIASES,
+    PASS_CLASSES,
+    REGISTRY,
+    Step,
+    get_pass,
+    pass_names,
+)
 from exokiratory.passes.base import BatchContext, Derivation, Pass
 from exokiratory.runner.derive import DeriveReport, run_derivation
 from exokiratory.runner.executors import make_executor
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
     from exokiratory.indices import IndexReport
     from exokiratory.models.registry import ModelSpec
     from exokiratory.passes.embed import EmbedPass
+    from exokiratory.report import ReportResult
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,9 @@ class Workspace:
         )
         for d in DIRECTORIES:
             storage.makedirs(d)
+        from exokiratory.prompts import ensure_workspace_registry
+
+        ensure_workspace_registry(storage)  # prompts/prompt_registry.yaml, for users to edit
         if not storage.exists(CONFIG_FILE):
             storage.write_bytes_atomic(CONFIG_FILE, render_config(cfg).encode("utf-8"))
         return cls(root, storage_options)
@@ -143,9 +154,13 @@ class Workspace:
         batch_size: int | None = None,
         retry_errors: bool = False,
         progress: bool | None = None,
+        all_images: bool = False,
     ) -> list[RunReport | DeriveReport]:
-        """Run passes (names, or ``"all"``) through the runner; returns one report per pass."""
+        """Run passes (names, ``"embed"`` for both embedding passes, or ``"all"``) through the
+        runner; returns one report per pass. ``all_images``: passes that work on the routed
+        images only (model passes) take every readable image this time."""
         names = [passes] if isinstance(passes, str) else list(passes)
+        names = [n for name in names for n in PASS_ALIASES.get(name, (name,))]
         rc = self.config.run
         executor = make_executor(
             engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
@@ -153,6 +168,10 @@ class Workspace:
         reports: list[RunReport | DeriveReport] = []
         explicit = "all" not in names
         steps = self.passes(names)
+        if all_images:
+            for step in steps:
+                if "routed_only" in type(step.params).model_fields:
+                    step.params = step.params.model_copy(update={"routed_only": False})
         for p in steps:
             missing = p.missing_requirement()
             if missing is not None:
@@ -183,6 +202,8 @@ class Workspace:
             )
             log.debug("%s", rep.summary())
             reports.append(rep)
+            if p.resources == "gpu" and ex.name == "local":
+                release_models()
         if not explicit:
             reports.extend(self._refresh_derivations(steps))
         return reports
@@ -329,6 +350,22 @@ class Workspace:
         with self.catalog(passes) as cat:
             return workspace_status(cat, passes)
 
+    def report(
+        self,
+        name: str = "report",
+        *,
+        sample: int | None = None,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> ReportResult:
+        """Build the static HTML diagnostics report ``reports/<name>.html`` (see
+        :mod:`exokiratory.report`; ``sample``: points per embedding map; ``options``: any
+        :class:`~exokiratory.report.ReportParams` field)."""
+        from exokiratory.report import build_report, make_params
+
+        params = make_params(name=name, map_sample=sample, **options)
+        return build_report(self, params, progress=progress)
+
     # -- tables ------------------------------------------------------------------------------
     def catalog(self, passes: Sequence[Step] | None = None) -> Catalog:
         """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
@@ -358,6 +395,20 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({self.storage.url!r})"
+
+
+def release_models() -> None:
+    """Drop the models a pass loaded in this process and return CUDA memory to the driver, so
+    the next pass (another model) has the whole GPU. Never imports torch itself."""
+    import sys
+
+    for name in ("exokiratory.models.vision", "exokiratory.models.sam"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "clear_cache"):
+            module.clear_cache()
+    device = sys.modules.get("exokiratory.models.device")
+    if device is not None:
+        device.release_memory()
 
 
 def _source_text(s: str) -> str:

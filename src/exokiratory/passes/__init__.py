@@ -10,6 +10,7 @@ from typing import Any
 
 from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, PassParams
 from exokiratory.passes.clusters import ClipClustersDerivation, DinoClustersDerivation
+from exokiratory.passes.cues import CuesPass
 from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
 from exokiratory.passes.flags import FlagsDerivation
 from exokiratory.passes.motifs import MotifsDerivation
@@ -21,6 +22,7 @@ from exokiratory.passes.segment_embed import (
     SegmentStatsPass,
 )
 from exokiratory.passes.sense import SensePass
+from exokiratory.passes.zeroshot import ZeroShotDerivation
 
 Step = Pass | Derivation
 
@@ -28,10 +30,12 @@ Step = Pass | Derivation
 PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
     ProbePass,
     SensePass,
+    CuesPass,
     FlagsDerivation,
     ClipEmbedPass,
     DinoEmbedPass,
     SegmentMasksPass,
+    ZeroShotDerivation,
     ClipClustersDerivation,
     DinoClustersDerivation,
     ClipSegmentEmbedPass,
@@ -41,6 +45,9 @@ PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
 )
 
 REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}
+
+#: names that stand for several passes on the command line
+PASS_ALIASES: dict[str, tuple[str, ...]] = {"embed": ("embed-clip", "embed-dino")}
 
 
 def pass_names() -> list[str]:
@@ -58,6 +65,7 @@ def get_pass(name: str, params: dict[str, Any] | None = None) -> Step:
 
 
 __all__ = [
+    "PASS_ALIASES",
     "PASS_CLASSES",
     "REGISTRY",
     "BatchContext",
