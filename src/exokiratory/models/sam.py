@@ -158,7 +158,8 @@ class Segmenter:
             model input) and ``(N, 3)`` float32 predicted IoUs, on the CPU.
         """
         if len(points_xy) == 0:
-            m = self.geometry.input_size // 4
+            prompt = self.model.config.prompt_encoder_config
+            m = 4 * (int(prompt.image_size) // int(prompt.patch_size))  # low-res mask side
             return torch.zeros((0, 3, m, m)), torch.zeros((0, 3))
         parts = run_with_oom_backoff(
             lambda chunk: self._decode_chunk(embedding, chunk), points_xy, self.point_batch_size

@@ -53,7 +53,7 @@ def run_batch(p: Pass, ctx: BatchContext, batch: Batch) -> BatchResult:
     # no schema here: compute_batch casts to p.output_schema() as it is after the batch ran (a
     # model pass learns its embedding size once its model is loaded)
     ds = PartDataset(storage, p.output_rel, p.key)
-    if ds.part_exists(batch.name):
+    if not batch.overwrite and ds.part_exists(batch.name):
         return BatchResult(JobRecord(batch.name, "skipped", batch.n_units, started_at=started))
     table = compute_batch(p, ctx, batch.units)
     n_errors = int(table.column("error").is_valid().to_numpy(zero_copy_only=False).sum())

@@ -22,6 +22,9 @@ from exokiratory.passes.base import Pass
 class Batch:
     name: str
     units: pa.Table
+    #: a retry of errored units: an existing part of the same name (the same units, all of
+    #: them errors, or they would not be planned) is replaced instead of skipped
+    overwrite: bool = False
 
     @property
     def n_units(self) -> int:
@@ -36,11 +39,12 @@ class Plan:
     failed: int
     todo: pa.Table
     batch_size: int
+    retry_errors: bool = False
 
     def batches(self) -> Iterator[Batch]:
         for start in range(0, self.todo.num_rows, self.batch_size):
             units = self.todo.slice(start, self.batch_size)
-            yield Batch(part_name(units, self.todo.column_names), units)
+            yield Batch(part_name(units, self.todo.column_names), units, self.retry_errors)
 
     @property
     def n_batches(self) -> int:
@@ -109,4 +113,4 @@ def plan(
     if limit is not None:
         todo = todo.slice(0, limit)
     size = balanced_batch_size(todo.num_rows, batch_size, workers)
-    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size)
+    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size, retry_errors)
