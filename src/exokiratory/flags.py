@@ -35,8 +35,11 @@ Definitions (scores from features/global, see :mod:`exokiratory.sense.signals`):
 * ``outlier_score`` = max over cheap features of the robust z-score |x - median| / (1.4826 MAD);
   ``is_outlier`` when > ``outlier_threshold`` (6.0) in a collection of at least
   ``outlier_min_images`` (20).
-* ``text_heavy_score`` = text_likeness_score; ``is_text_heavy`` when >= ``text_heavy_threshold``
-  (0.6).
+* ``text_heavy_score``, ``is_text_heavy`` and the other semantic flags (``modality``,
+  ``is_photo`` / ``is_scan`` / ``is_graphic``, ``is_human_present``, ``is_dense_scene``): see
+  :mod:`exokiratory.semantic_flags`; they also read the ``cues`` pass and the ``zeroshot``
+  derivation when these exist. Without them ``text_heavy_score`` = text_likeness_score and
+  ``is_text_heavy`` when >= ``text_heavy_threshold`` (0.6).
   Documents and flat graphics (text-heavy, or ``noise_score`` < ``strict_noise_threshold``) all
   look alike to perceptual hashes (white page, black lines): a pair that involves one is
   accepted only under a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND
@@ -72,7 +75,12 @@ from exokiratory.embedding_flags import (
     semantic_duplicates,
 )
 from exokiratory.neardup import group_near_duplicates, make_clauses
-from exokiratory.passes.base import PassParams
+from exokiratory.semantic_flags import (
+    PASS1_COLUMNS,
+    SEMANTIC_FIELDS,
+    SemanticFlagsParams,
+    semantic_flag_columns,
+)
 from exokiratory.sense.hashes import HASH_COLUMNS
 from exokiratory.storage import Storage
 
@@ -95,7 +103,7 @@ OUTLIER_FEATURES: tuple[str, ...] = (
 )
 
 
-class FlagsParams(PassParams):
+class FlagsParams(SemanticFlagsParams):
     dark_threshold: float = Field(0.32, ge=0, le=1)
     light_threshold: float = Field(0.05, ge=0, le=1)
     blurry_threshold: float = Field(0.5, ge=0, le=1)
@@ -106,7 +114,6 @@ class FlagsParams(PassParams):
     tiny_min_side: int = Field(32, ge=1)
     outlier_threshold: float = Field(6.0, gt=0)
     outlier_min_images: int = Field(20, ge=3)
-    text_heavy_threshold: float = Field(0.6, ge=0, le=1)
     near_duplicate_thresholds: dict[str, int] = Field(
         default_factory=lambda: {"phash": 12, "dhash": 16, "phash_center": 8},
         description="Hamming thresholds of the near-duplicate rule (see exokiratory.neardup)",
@@ -166,6 +173,7 @@ FLAGS_SCHEMA = pa.schema(
         pa.field("is_text_heavy", pa.bool_()),
         pa.field("outlier_score", pa.float32()),
         pa.field("is_outlier", pa.bool_()),
+        *SEMANTIC_FIELDS,
         pa.field("n_paths", pa.int64()),
         pa.field("has_exact_duplicates", pa.bool_()),
         pa.field("dup_group_id", pa.string()),
@@ -203,6 +211,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "text_likeness_score",
     *HASH_COLUMNS,
     *(c for c in OUTLIER_FEATURES if not c.startswith("log_")),
+    *PASS1_COLUMNS,
 )
 
 FLAGS_INPUT_SQL = (
@@ -291,8 +300,10 @@ def derive_flags(
     version: str,
     dup_cache: NearDupCache | None = None,
     spaces: Mapping[str, SpaceVectors] | None = None,
+    semantic: pa.Table | None = None,
 ) -> pa.Table:
-    """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL)."""
+    """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL);
+    ``semantic``: cue and zero-shot inputs aligned with it (:mod:`exokiratory.semantic_flags`)."""
     n = t.num_rows
     ids = t.column("image_id").to_pylist()
     status = np.array(t.column("status").to_pylist(), dtype=object)
@@ -324,7 +335,6 @@ def derive_flags(
         q1, q3 = np.percentile(log_size[sensed], [25, 75])
         k = p.odd_size_iqr_factor * (q3 - q1)
         odd_size = sensed & ((log_size < q1 - k) | (log_size > q3 + k))
-    text = _col(t, "text_likeness_score")
     outlier = outlier_scores(t, p.outlier_min_images)
 
     def flag(score: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -339,7 +349,6 @@ def derive_flags(
         is_grey = flag(grey, grey <= p.grayscale_threshold)
         is_odd_ar = flag(aspect, aspect < p.odd_aspect_ratio_threshold)
         is_tiny = flag(w, np.minimum(w, h) < p.tiny_min_side)
-        is_text = flag(text, text >= p.text_heavy_threshold)
         is_outlier = flag(outlier, outlier > p.outlier_threshold)
 
     dups = dup_cache.get() if dup_cache is not None else None
@@ -356,6 +365,7 @@ def derive_flags(
     worth = (status == "ok") & sensed & ~is_junk & ~is_near_dup
     if p.route_out_semantic_duplicates:
         worth &= ~emb["is_semantic_duplicate"]
+    sem = semantic_flag_columns(t, p, sensed, semantic)
     params = json.dumps(p.model_dump(mode="json"), sort_keys=True)
     return pa.table(
         {
@@ -378,10 +388,11 @@ def derive_flags(
             "size_score": _f32(size),
             "is_odd_size": odd_size,
             "is_tiny": is_tiny,
-            "text_heavy_score": _f32(text),
-            "is_text_heavy": is_text,
+            "text_heavy_score": sem["text_heavy_score"],
+            "is_text_heavy": sem["is_text_heavy"],
             "outlier_score": _f32(outlier),
             "is_outlier": is_outlier,
+            **{f.name: sem[f.name] for f in SEMANTIC_FIELDS},
             "n_paths": n_paths,
             "has_exact_duplicates": n_paths > 1,
             "dup_group_id": [r["dup_group_id"] if r else None for r in dup_rows],

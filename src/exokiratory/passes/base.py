@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
+    from exokiratory.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,11 @@ class Derivation(ABC):
     def missing_requirement(self) -> str | None:
         """Why this derivation cannot run in this environment, or None."""
         return None
+
+    def extra_fingerprint(self, storage: Storage) -> str:
+        """Inputs that are not pass outputs (e.g. a prompt registry's content), as text that
+        changes whenever they do; part of the input fingerprint. Default: none."""
+        return ""
 
     @property
     def full_version(self) -> str:

@@ -16,9 +16,12 @@ from exokiratory.flags import (
 )
 from exokiratory.layout import FLAGS
 from exokiratory.passes.base import Derivation
+from exokiratory.passes.zeroshot import ZEROSHOT_DATASET
+from exokiratory.semantic_flags import align_inputs, semantic_inputs_sql
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
+    from exokiratory.storage import Storage
 
 
 class FlagsDerivation(Derivation):
@@ -30,7 +33,7 @@ class FlagsDerivation(Derivation):
     description = "PASS 2 routing flags (junk, duplicates, outliers, text-heavy...)"
 
     #: the unit passes whose outputs the flags read (their folders join the input fingerprint)
-    reads = ("sense", "probe", "embed-clip", "embed-dino")
+    reads = ("sense", "probe", "cues", "embed-clip", "embed-dino")
 
     def output_schema(self) -> pa.Schema:
         return FLAGS_SCHEMA
@@ -45,10 +48,20 @@ class FlagsDerivation(Derivation):
         )
         table = catalog.query(sql)
         params: FlagsParams = self.params  # type: ignore[assignment]
-        hash_inputs = [i for i in self.inputs if not i.startswith("embeddings/")]
+        hash_inputs = [i for i in self.inputs if i.startswith(("manifests/", "features/global"))]
         cache = NearDupCache(catalog.storage, self.dataset, hash_inputs, params)
         spaces = load_spaces(catalog) if _has_faiss() else {}
-        return derive_flags(table, params, self.full_version, dup_cache=cache, spaces=spaces)
+        sem_sql = semantic_inputs_sql(catalog.views)
+        semantic = align_inputs(table["image_id"], catalog.query(sem_sql)) if sem_sql else None
+        return derive_flags(
+            table, params, self.full_version, dup_cache=cache, spaces=spaces, semantic=semantic
+        )
+
+    def extra_fingerprint(self, storage: Storage) -> str:
+        """The current zero-shot output (a derivation, not a pass: not in :attr:`inputs`)."""
+        from exokiratory.runner.derive import current_folder
+
+        return current_folder(storage, ZEROSHOT_DATASET) or ""
 
 
 def _has_faiss() -> bool:

@@ -48,6 +48,7 @@ def input_fingerprint(storage: Storage, d: Derivation) -> str:
     h = hashlib.sha256(d.full_version.encode())
     h.update(d.params_json().encode())
     h.update(storage.listing_digest(d.inputs, ".parquet").encode())
+    h.update(d.extra_fingerprint(storage).encode())
     return h.hexdigest()[:16]
 
 

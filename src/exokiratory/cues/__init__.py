@@ -1,0 +1,23 @@
+"""Cheap detector cues for the semantic flags: text regions and faces, from real detectors whose
+weights ship inside their PyPI wheels (nothing is downloaded at run time).
+
+* :mod:`exokiratory.cues.text`: the DB text-detection model shipped in the ``rapidocr`` wheel,
+  run with onnxruntime (detection only, no recognition).
+* :mod:`exokiratory.cues.faces`: OpenCV's Haar frontal-face cascade shipped in
+  ``opencv-python-headless``.
+
+Both need the ``cues`` extra (``pip install 'exokiratory[cues]'``); this package's ``__init__``
+imports neither, so the rest of exokiratory runs without them.
+"""
+
+from __future__ import annotations
+
+CUES_REQUIREMENTS: tuple[str, ...] = ("cv2", "onnxruntime", "rapidocr")
+"""Modules the detectors import (see :func:`missing_modules`)."""
+
+
+def missing_modules() -> list[str]:
+    """The detector modules that cannot be imported here (empty when the extra is installed)."""
+    import importlib.util
+
+    return [m for m in CUES_REQUIREMENTS if importlib.util.find_spec(m) is None]
