@@ -47,7 +47,10 @@ PASS_CLASSES: tuple[type[Pass] | type[Derivation], ...] = (
 REGISTRY: dict[str, type[Pass] | type[Derivation]] = {cls.name: cls for cls in PASS_CLASSES}
 
 #: names that stand for several passes on the command line
-PASS_ALIASES: dict[str, tuple[str, ...]] = {"embed": ("embed-clip", "embed-dino")}
+PASS_ALIASES: dict[str, tuple[str, ...]] = {
+    "embed": ("embed-clip", "embed-dino"),
+    "segment-embed": ("segment-embed-clip", "segment-embed-dino", "segment-stats"),
+}
 
 
 def pass_names() -> list[str]:

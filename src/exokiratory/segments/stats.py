@@ -89,6 +89,9 @@ def lbp_codes(grey: np.ndarray) -> np.ndarray:
         r1, c1 = math.ceil(rp[p]), math.ceil(cp[p])
         # weights from the absolute sample position, in skimage's bilinear_interpolation order,
         # so that thresholds (interpolated neighbour >= centre) agree with it bit for bit
+        if r0 == r1 and c0 == c1:  # an integer offset: the weights are exactly 1 and 0
+            bits[p] = _shifted(padded, r0, c0, h, w) - grey >= 0
+            continue
         dr, dc = (rows + rp[p]) % 1.0, (cols + cp[p]) % 1.0
         top = (1 - dc) * _shifted(padded, r0, c0, h, w) + dc * _shifted(padded, r0, c1, h, w)
         bottom = (1 - dc) * _shifted(padded, r1, c0, h, w) + dc * _shifted(padded, r1, c1, h, w)
