@@ -204,6 +204,7 @@ def test_edited_prompt_rederives_with_a_new_version(ws: Workspace) -> None:
         fh.write(text.replace("id: photo", "id: photo\n            colour: red"))
     with pytest.raises(PromptRegistryError, match=r"classes\[photo\]\.colour: unknown key"):
         ws.run(["zeroshot"])
+    assert any(d.name == "zeroshot" for d in ws.status().derived)  # status still works
     with open(path, "w") as fh:
         fh.write(text)
 

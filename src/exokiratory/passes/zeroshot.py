@@ -28,6 +28,7 @@ ORDER BY prob DESC``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -39,7 +40,13 @@ from pydantic import Field
 
 from exokiratory.models.registry import ModelSpec, resolve
 from exokiratory.passes.base import Derivation, Pass, PassParams
-from exokiratory.prompts import DEFAULT_SET, PromptSet, load_registry
+from exokiratory.prompts import (
+    DEFAULT_SET,
+    PromptRegistryError,
+    PromptSet,
+    load_registry,
+    registry_text,
+)
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
@@ -166,15 +173,16 @@ class ZeroShotDerivation(Derivation):
         return load_registry(storage).get(params.prompt_set)
 
     def extra_fingerprint(self, storage: Storage) -> str:
-        """The prompt set's content digest and the CLIP model (both change the rows)."""
-        pset = self.prompt_set(storage)
+        """The prompt set's content digest and the CLIP model (both change the rows). An invalid
+        registry fingerprints as its raw text (``status`` still works; the derivation itself
+        then fails with the validation error)."""
+        try:
+            pset = self.prompt_set(storage)
+            prompts = f"{pset.id}:{pset.digest}"
+        except PromptRegistryError:
+            prompts = hashlib.sha256(registry_text(storage).encode()).hexdigest()
         return json.dumps(
-            {
-                "prompt_set": pset.id,
-                "digest": pset.digest,
-                "model": self.spec.model_id,
-                "revision": self.spec.revision,
-            },
+            {"prompts": prompts, "model": self.spec.model_id, "revision": self.spec.revision},
             sort_keys=True,
         )
 
