@@ -92,7 +92,7 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -
         verbose=False,
     )
     km.train(x, init_centroids=kmeanspp_init(x, k, seed))
-    centroids = normalise_rows(km.centroids)
+    centroids = normalise_rows(np.asarray(km.centroids))
     index = faiss.IndexFlatIP(d)
     index.add(centroids)
     sim, assign = index.search(x, 1)

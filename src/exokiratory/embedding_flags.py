@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -169,6 +169,7 @@ def knn_distance(x: np.ndarray, k: int) -> np.ndarray:
         return np.full(n, np.nan)
     k = min(k, n - 1)
     x = np.ascontiguousarray(x, np.float32)
+    index: Any
     if n <= EXACT_KNN_MAX:
         index = faiss.IndexFlatIP(d)
     else:

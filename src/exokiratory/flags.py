@@ -422,7 +422,7 @@ def embedding_flag_columns(
     pos = {image_id: i for i, image_id in enumerate(ids)}
     cols: dict[str, Any] = {name: [None] * n for name in SEMANTIC_DUP_SCHEMA.names[1:]}
     is_sem_dup = np.zeros(n, bool)
-    space = p.semantic_duplicate_space
+    space: str = p.semantic_duplicate_space
     if space not in spaces and spaces:
         space = next(iter(spaces))
     if space in spaces:
