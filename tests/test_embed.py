@@ -91,15 +91,21 @@ def test_weights_are_cached_in_the_workspace(ws: Workspace) -> None:
 
 def test_model_passes_join_run_all_only_when_configured(tmp_path: Path) -> None:
     w = Workspace.init(tmp_path / "ws", [str(tmp_path)])
-    assert [p.name for p in w.passes(["all"])] == ["probe", "sense", "flags"]
+    plain = [p.name for p in w.passes(["all"])]
+    assert plain[:2] == ["probe", "sense"] and "flags" in plain
+    model_passes = {"embed-clip", "embed-dino", "segment", "segment-embed-clip", "zeroshot"}
+    assert not model_passes & set(plain)
+    assert not {"clusters-dino", "segment-stats", "motifs"} & set(plain)
     w.config.passes["embed-dino"] = {"model": "tiny"}
-    assert [p.name for p in w.passes(["all"])] == [
-        "probe",
-        "sense",
-        "flags",
-        "embed-dino",
-        "clusters-dino",  # clusters of a configured space join too
-    ]
+    names = [p.name for p in w.passes(["all"])]
+    # the configured model pass joins, and so do the cheap passes over its output
+    assert set(names) - set(plain) == {"embed-dino", "clusters-dino"}
+    assert names.index("embed-dino") < names.index("clusters-dino")
+    w.config.passes["segment"] = {"model": "tiny"}
+    names = [p.name for p in w.passes(["all"])]
+    # segment statistics need no model; segment embeddings must be named themselves
+    assert {"segment", "segment-stats"} <= set(names)
+    assert "segment-embed-clip" not in names and "motifs" not in names
 
 
 def test_an_unloadable_model_fails_the_pass_once(tmp_path: Path) -> None:

@@ -121,10 +121,15 @@ class Workspace:
         return steps
 
     def _configured(self, name: str) -> bool:
-        """Whether the config names this pass, or a pass it depends on (clusters of a
-        configured embedding space)."""
-        deps = getattr(REGISTRY[name], "depends_on", ())
-        return name in self.config.passes or any(d in self.config.passes for d in deps)
+        """Whether the config names this pass or, for a pass without a model of its own, a
+        pass it depends on (clusters of a configured embedding space, statistics of configured
+        segments). A model pass must be named itself: it downloads weights."""
+        cls = REGISTRY[name]
+        if name in self.config.passes:
+            return True
+        if getattr(cls, "resources", "cpu") == "gpu":
+            return False
+        return any(d in self.config.passes for d in getattr(cls, "depends_on", ()))
 
     def _all_steps(self) -> list[Step]:
         return [get_pass(n, self.config.passes.get(n)) for n in pass_names()]

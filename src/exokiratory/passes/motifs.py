@@ -80,6 +80,10 @@ class MotifsDerivation(Derivation):
     Params = MotifsParams
     description = "segment motifs: clusters of segment embeddings, infrastructure vs foreground"
 
+    def in_all(self, configured: bool) -> bool:
+        """In ``run all`` once a segment embedding pass is configured."""
+        return configured
+
     def missing_requirement(self) -> str | None:
         import importlib.util
 

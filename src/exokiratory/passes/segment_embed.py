@@ -196,6 +196,10 @@ class SegmentStatsPass(SegmentPass):
         """One: the CPU executor already runs one worker process per core."""
         return 1
 
+    def in_all(self, configured: bool) -> bool:
+        """In ``run all`` once segments are (the ``segment`` pass is configured)."""
+        return configured
+
     @property
     def view_name(self) -> str:
         return "segment_stats"
