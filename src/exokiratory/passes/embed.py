@@ -118,13 +118,15 @@ class EmbeddingModel:
         from exokiratory.models.vision import load_embedder
 
         try:
-            return load_embedder(self.spec, cache_dir_for(workspace_url), self.params.device)
+            embedder = load_embedder(self.spec, cache_dir_for(workspace_url), self.params.device)
         except Exception as exc:
             raise PassSetupError(
                 f"cannot load model {self.spec.model_id!r}: {type(exc).__name__}: {exc}. "
                 "Offline? Point passes."
                 f"{self.pass_name}.model at a local folder, or use the 'tiny' profile for plumbing."
             ) from exc
+        embedder.batch_size = self.params.forward_batch_size  # halves on CUDA OOM
+        return embedder
 
     def embedding_array(self, vectors: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
         """``(n, dim)`` vectors as the stored column; rows where ``valid`` is false are null."""
@@ -211,7 +213,6 @@ class EmbedPass(ImagePass):
             except Exception as exc:  # a bad image is a row, never a crash
                 return f"{type(exc).__name__}: {exc}"
 
-        embedder.batch_size = params.forward_batch_size
         prepared: list[np.ndarray | str] = []
         good: list[int] = []
         chunks: list[np.ndarray] = []
