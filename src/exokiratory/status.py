@@ -189,8 +189,8 @@ def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:
     current = current_folder(cat.storage, d.dataset)
     wanted = f"{d.dataset}/{d.full_version}-{input_fingerprint(cat.storage, d)}"
     summary: dict[str, int] = {}
-    if rows:
-        bool_cols = [f.name for f in d.output_schema() if f.name.startswith("is_")]
+    bool_cols = [f.name for f in d.output_schema() if f.name.startswith("is_")]
+    if rows and bool_cols:  # a derivation without flags (zeroshot) has nothing to count
         sums = ", ".join(f'count(*) FILTER (WHERE "{c}")' for c in bool_cols)
         r = cat.rows(f'SELECT {sums} FROM "{d.view_name}"')
         summary = {c: int(v) for c, v in zip(bool_cols, r[0], strict=True)} if r else {}

@@ -1,0 +1,224 @@
+"""Writes the Colab notebooks of this folder (run it after editing a cell here).
+
+Every notebook: a markdown note, the same first code cell (mount Drive on Colab, install
+exokiratory when missing, open or create the workspace), a ``parameters`` cell, then one cell
+per step, each ending in files on the workspace. ``python notebooks/make_notebooks.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).parent
+
+RESUME = (
+    "**After a kernel death** (Colab disconnects, runs out of memory, loses its GPU): run the "
+    "setup cell again, then the cell that was running. Every cell writes its results to the "
+    "workspace on Drive as it goes, so it resumes where the last committed batch ended and "
+    "finishes with the same tables as an uninterrupted run."
+)
+
+SETUP = '''# Setup: mount Drive (on Colab only), install exokiratory if missing, open or create the workspace.
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("exokiratory") is None:  # a fresh Colab kernel: install once
+    spec = os.environ.get("EXOKIRATORY_PIP", "exokiratory[ml,report]")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+
+from exokiratory.colab import setup
+
+ROOT = None     # workspace folder; None: $EXOKIRATORY_WORKSPACE, on Colab /content/drive/MyDrive/exokiratory
+SOURCES = None  # image folders for a new workspace; None: $EXOKIRATORY_SOURCES, on Colab .../MyDrive/photos
+MODELS = None   # model profile for a new workspace: lite (default), full, tiny (random weights)
+ws = setup(ROOT, SOURCES, models=MODELS)
+print(ws, "sources:", [s.path for s in ws.config.sources])'''
+
+
+def notebook(title: str, intro: str, params: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["colab"] = {"provenance": []}
+    nb.cells.append(new_markdown_cell(f"# {title}\n\n{intro}\n\n{RESUME}"))
+    nb.cells.append(new_code_cell(SETUP))
+    nb.cells.append(new_code_cell(params, metadata={"tags": ["parameters"]}))
+    for md, code in cells:
+        if md:
+            nb.cells.append(new_markdown_cell(md))
+        nb.cells.append(new_code_cell(code))
+    return nb
+
+
+NOTEBOOKS = {
+    "00_setup_and_scan": notebook(
+        "exokiratory 00: workspace and scan (PASS 0)",
+        "Creates the workspace on Drive and registers every image of the sources: IDs from the "
+        "bytes, exact duplicates, unreadable files. Rerun it after adding images: only new and "
+        "changed files are read.",
+        "FORCE = False  # True takes over the scan lock of a kernel that died during a scan",
+        [
+            (
+                "Scan the sources (writes `manifests/images/` and `manifests/paths/`).",
+                "scan = ws.scan(force=FORCE)\nprint(scan.summary())",
+            ),
+            (
+                "What the manifest holds.",
+                'ws.df("SELECT status, error, count(*) AS n FROM images GROUP BY ALL ORDER BY n DESC")',
+            ),
+            (
+                "",
+                'ws.df("SELECT image_id, n_paths, first_path FROM images WHERE n_paths > 1 '
+                'ORDER BY n_paths DESC LIMIT 20")',
+            ),
+        ],
+    ),
+    "01_sense_and_flags": notebook(
+        "exokiratory 01: cheap signals and routing flags (PASS 1, PASS 2)",
+        "Decodes every image once (probe, PASS 1 signals, text and face cues), then derives the "
+        "routing flags: dark, blurry, duplicates, outliers, worth GPU time.",
+        "LIMIT = None  # process at most this many images per pass (None: all)\n"
+        "CUES = True   # text boxes and faces (needs the 'cues' extra)",
+        [
+            (
+                "PASS 1: probe and cheap signals (writes `features/probe/`, `features/global/`).",
+                'for r in ws.run(["probe", "sense"], limit=LIMIT):\n    print(r.summary())',
+            ),
+            (
+                "Text and face cues, when the `cues` extra is installed.",
+                "from exokiratory.passes import pass_names\n\n"
+                'if CUES and "cues" in pass_names():\n'
+                '    (cues,) = ws.passes(["cues"])\n'
+                "    missing = cues.missing_requirement()\n"
+                "    if missing is None:\n"
+                '        for r in ws.run(["cues"], limit=LIMIT):\n'
+                "            print(r.summary())\n"
+                "    else:\n"
+                '        print("cues skipped: it", missing)',
+            ),
+            (
+                "PASS 2: flags (writes `manifests/flags/`; seconds, rerun after changing a threshold).",
+                'for r in ws.run(["flags"]):\n    print(r.summary())',
+            ),
+            (
+                "",
+                "st = ws.status()\n"
+                'print({d.name: d.summary for d in st.derived if d.name == "flags"})\n'
+                'ws.df("SELECT count(*) FILTER (WHERE is_worth_gpu) AS worth_gpu, '
+                "count(*) FILTER (WHERE is_near_duplicate) AS near_duplicates, "
+                'count(*) FILTER (WHERE is_junk) AS junk FROM flags")',
+            ),
+        ],
+    ),
+    "02_embeddings_index_search": notebook(
+        "exokiratory 02: embeddings, clusters, index and search",
+        "CLIP and DINOv2 embeddings of the routed images (a GPU helps: Runtime > Change runtime "
+        "type), then zero-shot labels, cluster hierarchies, FAISS indices and search.",
+        'LIMIT = None        # images per pass (None: all)\nQUERY = "a photo of a person"',
+        [
+            (
+                "Embeddings (writes `embeddings/clip/...` and `embeddings/dino/...`).",
+                'for r in ws.run(["embed-clip", "embed-dino"], limit=LIMIT):\n    print(r.summary())',
+            ),
+            (
+                "Zero-shot labels, semantic flags and clusters: derivations over the stored "
+                "embeddings (seconds).",
+                "from exokiratory.passes import pass_names\n\n"
+                'steps = [n for n in ("zeroshot", "flags", "clusters-clip", "clusters-dino") '
+                "if n in pass_names()]\n"
+                "for r in ws.run(steps):\n    print(r.summary())",
+            ),
+            (
+                "Similarity indices (writes `indices/`).",
+                'for space in ("clip", "dino"):\n    print(ws.build_index(space).summary())',
+            ),
+            (
+                "Search: by text (CLIP) and by image.",
+                "hits = ws.search(text=QUERY, k=5)\nprint(hits.to_pandas())\n"
+                'first = ws.sql("SELECT image_id FROM embeddings_dino WHERE error IS NULL LIMIT 1")'
+                '["image_id"][0].as_py()\n'
+                'ws.similar(first, space="dino", k=5).to_pandas()',
+            ),
+        ],
+    ),
+    "03_segments": notebook(
+        "exokiratory 03: segments, segment embeddings and motifs (PASS 3, PASS 4)",
+        "SAM masks of the routed images, their CLIP / DINOv2 embeddings and colour-texture "
+        "statistics, and motifs (recurring segments). Each cell checks that its pass exists in "
+        "the installed version and says so when it does not.",
+        "LIMIT = None         # images per pass (None: all)\n"
+        'SEGMENT_PARAMS = {}  # e.g. {"points_per_side": 16} for a faster, coarser pass',
+        [
+            (
+                "PASS 3: segments (writes `segments/masks/`; the slowest pass, a GPU helps).",
+                "from exokiratory.colab import configure\n"
+                "from exokiratory.passes import pass_names\n\n"
+                'if "segment" not in pass_names():\n'
+                '    print("this version of exokiratory has no segment pass")\n'
+                "else:\n"
+                "    if SEGMENT_PARAMS:\n"
+                '        ws = configure(ws, "segment", **SEGMENT_PARAMS)\n'
+                '    for r in ws.run(["segment"], limit=LIMIT):\n'
+                "        print(r.summary())",
+            ),
+            (
+                "PASS 4: segment embeddings and statistics (writes `segments/embeddings/`).",
+                'steps = [n for n in ("segment-embed-clip", "segment-embed-dino", "segment-stats") '
+                "if n in pass_names()]\n"
+                "if not steps:\n"
+                '    print("this version of exokiratory has no segment embedding passes")\n'
+                "for r in ws.run(steps, limit=LIMIT) if steps else []:\n"
+                "    print(r.summary())",
+            ),
+            (
+                "Motifs: clusters of segments across images.",
+                'if "motifs" in pass_names():\n'
+                '    for r in ws.run(["motifs"]):\n'
+                "        print(r.summary())\n"
+                '    print(ws.df("SELECT space, count(*) AS segments, count(DISTINCT cluster_id) '
+                'AS motifs FROM motifs GROUP BY ALL"))\n'
+                "else:\n"
+                '    print("this version of exokiratory has no motifs derivation")',
+            ),
+        ],
+    ),
+    "04_report": notebook(
+        "exokiratory 04: diagnostics report",
+        "Builds `reports/<name>.html` on the workspace: a single file to download and open "
+        "(no server, works offline). It shows every table, the distributions with the flag "
+        "thresholds, galleries, embedding maps and the stop-condition panel that tells you "
+        "when further passes no longer change the structure.",
+        'NAME = "report"\nSAMPLE = 2000   # points per embedding map',
+        [
+            (
+                "Build the report (thumbnails are cached in `reports/thumbs/`: a rebuild makes "
+                "only the missing ones).",
+                "result = ws.report(NAME, sample=SAMPLE)\nprint(result.summary())",
+            ),
+            (
+                "On Colab, download it (or open it from Drive).",
+                "from exokiratory.colab import in_colab\n\n"
+                "if in_colab():\n"
+                "    from google.colab import files\n\n"
+                "    files.download(result.local_path)\n"
+                "else:\n"
+                '    print("open", result.local_path or result.url)',
+            ),
+        ],
+    ),
+}
+
+
+def main() -> None:
+    for name, nb in NOTEBOOKS.items():
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
