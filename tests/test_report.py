@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,15 +165,18 @@ def test_thumbnails_are_cached_and_resumed(built: tuple[Workspace, str]) -> None
     ids = [r["image_id"] for r in ws.sql("SELECT image_id FROM images").to_pylist()]
     parts_before = list(ws.storage.list_files("reports/thumbs/v1", ".parquet"))
     assert parts_before  # the report made thumbnails in batches
-    made = store.ensure(image_wants(ids), progress=False)
-    assert made == 0 or made == 0 + 0  # every readable image shown was cached...
+    before = store.read(ids)
+    readable = {
+        r["image_id"] for r in ws.sql("SELECT image_id FROM images WHERE status = 'ok'").to_pylist()
+    }
+    assert before and set(before) <= readable
+    # only the missing thumbnails are made, and a second call makes none
+    assert store.ensure(image_wants(ids), progress=False) == len(readable - set(before))
+    assert store.ensure(image_wants(ids), progress=False) == 0
     thumbs = store.read(ids)
     ok = [t for t in thumbs.values() if t.jpeg]
     assert ok and all(max(t.width, t.height) <= 96 for t in ok)
-    # ...except those no gallery or map needed: a new want makes only itself
-    import pyarrow as pa
-
-    first = ids[0]
+    first = sorted(readable)[0]
     crop = pa.table(
         {"thumb_id": [f"{first}-crop"], "image_id": [first], "crop": [[0.0, 0.0, 0.5, 0.25]]},
         schema=WANTS_SCHEMA,
@@ -322,3 +326,38 @@ def test_page_in_headless_chromium(built: tuple[Workspace, str]) -> None:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_motif_sheets_show_segment_crops(tmp_path: Path) -> None:
+    from .segment_data import install_segments, write_scenes
+    from .test_motifs import _install_embeddings
+
+    scenes = write_scenes(tmp_path / "src", 6, seed=4)
+    ws = Workspace.init(tmp_path / "ws", [str(tmp_path / "src")])
+    ws.config.passes["motifs"] = {"spaces": ["clip"], "target_cluster_size": 6}
+    ws.storage.write_bytes_atomic("exokiratory.yaml", render_config(ws.config).encode())
+    ws = Workspace(tmp_path / "ws")
+    ws.scan(progress=False)
+    install_segments(ws, scenes)
+    _install_embeddings(ws)
+    ws.run(["motifs"], progress=False)
+    page = Path(str(ws.report(progress=False).local_path)).read_text("utf-8")
+    assert "id='motifs-clip'" in page
+    sheet = page[page.index("id='motifs-clip'") : page.index("id='tables'")]
+    segment_ids = set(re.findall(r"data-thumb='([0-9a-f]{32}-\d{4})'", sheet))
+    assert len(segment_ids) >= 3
+    thumbs = ThumbStore(ws).read(sorted(segment_ids))
+    boxes = {
+        r["segment_id"]: r["bbox"]
+        for r in ws.sql("SELECT segment_id, bbox FROM segments").to_pylist()
+    }
+    checked = 0
+    for sid in segment_ids:
+        # the crop of its bounding box: the thumbnail has the box's shape
+        _, _, bw, bh = boxes[sid]
+        t = thumbs[sid]
+        assert t.jpeg
+        if min(bw, bh) >= 8:
+            assert t.width / t.height == pytest.approx(bw / bh, rel=0.15)
+            checked += 1
+    assert checked
