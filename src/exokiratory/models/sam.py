@@ -155,12 +155,13 @@ class Segmenter:
 
         Returns:
             ``(N, 3, m, m)`` float32 low-resolution mask logits (covering the whole square
-            model input) and ``(N, 3)`` float32 predicted IoUs, on the CPU.
+            model input) and ``(N, 3)`` float32 predicted IoUs, on the model's device.
         """
         if len(points_xy) == 0:
             prompt = self.model.config.prompt_encoder_config
             m = 4 * (int(prompt.image_size) // int(prompt.patch_size))  # low-res mask side
-            return torch.zeros((0, 3, m, m)), torch.zeros((0, 3))
+            empty = torch.zeros((0, 3, m, m), device=self.device)
+            return empty, torch.zeros((0, 3), device=self.device)
         parts = run_with_oom_backoff(
             lambda chunk: self._decode_chunk(embedding, chunk), points_xy, self.point_batch_size
         )
@@ -178,8 +179,8 @@ class Segmenter:
                 input_labels=labels,
                 multimask_output=True,
             )
-        logits = out.pred_masks[0].float().cpu()
-        ious = out.iou_scores[0].float().cpu()
+        logits = out.pred_masks[0].float()  # stays on the model's device for post-processing
+        ious = out.iou_scores[0].float()
         return list(zip(logits, ious, strict=True))
 
 

@@ -155,12 +155,19 @@ def points_per_side_at(params: MaskGenerationParams, layer: int) -> int:
 
 
 def stability_score(logits: torch.Tensor, offset: float) -> torch.Tensor:
-    """IoU between the masks thresholded at ``+offset`` and at ``-offset`` (SAM's definition)."""
+    """IoU between the masks thresholded at ``+offset`` and at ``-offset`` (SAM's definition).
+
+    On the CPU the counts run in numpy (``count_nonzero`` is ~6x faster than torch's sum)."""
+    if logits.device.type == "cpu":
+        x = logits.numpy()
+        inter_np = np.count_nonzero(x > offset, axis=(1, 2))
+        union_np = np.count_nonzero(x > -offset, axis=(1, 2))
+        score = np.where(union_np > 0, inter_np / np.maximum(union_np, 1), 0.0)
+        return torch.from_numpy(score.astype(np.float32))
     inter = (logits > offset).sum(dim=(-1, -2), dtype=torch.int64)
     union = (logits > -offset).sum(dim=(-1, -2), dtype=torch.int64)
-    return torch.where(
-        union > 0, inter / union.clamp_min(1), torch.zeros_like(inter, dtype=torch.float64)
-    ).float()
+    zero = torch.zeros_like(inter, dtype=torch.float64)
+    return torch.where(union > 0, inter / union.clamp_min(1), zero).float()
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -303,7 +310,8 @@ class MaskGenerator:
         if p.stability_score_thresh > 0:
             keep = stability > p.stability_score_thresh
             up, ious, stability = up[keep], ious[keep], stability[keep]
-        masks = (up > 0).numpy()
+        masks = (up > 0).cpu().numpy()
+        ious, stability = ious.cpu(), stability.cpu()
         boxes = mask_boxes(masks) + np.array([x0, y0, x0, y0], np.float64)
         boxes[~masks.any(axis=(1, 2))] = 0
         tol = CROP_EDGE_TOLERANCE * max(image_hw)
@@ -321,15 +329,33 @@ def upscale_logits(
     logits: torch.Tensor, input_size: int, resized_hw: tuple[int, int], out_hw: tuple[int, int]
 ) -> torch.Tensor:
     """Low-res logits over the square model input -> logits over the crop (SAM's
-    ``postprocess_masks``: to the input size, drop the padding, to the crop size)."""
+    ``postprocess_masks``: bilinear to the input size, drop the padding, bilinear to the crop
+    size). Only the low-res rows/columns that reach the unpadded region are upscaled (the
+    same values: bilinear at an exact integer scale reads at most one cell past the edge), and
+    the second resize is skipped when the sizes already match."""
     if logits.shape[0] == 0:
-        return torch.zeros((0, *out_hw))
+        return torch.zeros((0, *out_hw), device=logits.device)
+    side = logits.shape[-1]
+    scale = input_size // side
+    rows = min(side, -(-resized_hw[0] // scale) + 1)
+    cols = min(side, -(-resized_hw[1] // scale) + 1)
+    exact = scale * side == input_size
     chunks = []
     for start in range(0, logits.shape[0], UPSCALE_CHUNK):
         x = logits[start : start + UPSCALE_CHUNK, None].float()
-        x = F.interpolate(x, (input_size, input_size), mode="bilinear", align_corners=False)
+        if exact:
+            x = F.interpolate(
+                x[..., :rows, :cols],
+                scale_factor=float(scale),
+                mode="bilinear",
+                align_corners=False,
+                recompute_scale_factor=False,
+            )
+        else:
+            x = F.interpolate(x, (input_size, input_size), mode="bilinear", align_corners=False)
         x = x[..., : resized_hw[0], : resized_hw[1]]
-        x = F.interpolate(x, out_hw, mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != tuple(out_hw):
+            x = F.interpolate(x, out_hw, mode="bilinear", align_corners=False)
         chunks.append(x[:, 0])
     return torch.cat(chunks)
 
