@@ -91,9 +91,7 @@ def test_convex_hull_of_square_corners() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans())
-)
+@given(arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()))
 def test_random_masks_agree_with_pycocotools_and_naive_counts(mask: np.ndarray) -> None:
     g = _one(mask)
     rle = {"size": list(mask.shape), "counts": encode_rle(mask)}
