@@ -4,10 +4,10 @@ Sampling: the ``map_sample`` images with the smallest ``md5(image_id || seed)`` 
 an embedding; the same images are drawn in both spaces wherever both embedded them, so the two
 maps compare point for point. At 10^6 images only the sample's vectors are projected.
 
-Projection (offline, no download): PCA to 50 dimensions (NumPy SVD), then t-SNE (scikit-learn,
-Barnes-Hut, PCA initialisation, fixed seed) when scikit-learn is installed (``pip install
-'exokiratory[report]'``; 3,000 points take about 4 s on 2 cores); otherwise the first two
-principal components, and the report says so.
+Projection (offline, no download): PCA to 50 dimensions (NumPy, from the covariance), then
+t-SNE (scikit-learn, Barnes-Hut above 300 points, PCA initialisation, fixed seed) when
+scikit-learn is installed (``pip install 'exokiratory[report]'``; 2,000 points take a few
+seconds on 2 cores); otherwise the first two principal components, and the report says so.
 
 Colour fields: cluster id per clustering level (``clusters_<space>``), every boolean flag, the
 modality and the routing stratum, when those tables exist.
@@ -91,12 +91,15 @@ def project(x: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
         xy = np.zeros((n, 2))
         method = "none (fewer than 3 distinct points)"
     else:
-        # PCA by SVD; sign fixed so the same input gives the same picture
-        u, s, vt = np.linalg.svd(xc, full_matrices=False)
-        dims = min(50, vt.shape[0])
-        signs = np.sign(vt[:dims, np.argmax(np.abs(vt[:dims]), axis=1)].diagonal())
+        # PCA from the d x d covariance (n >> d here); signs fixed so the same input gives
+        # the same picture
+        xd = xc.astype(np.float64)
+        _, vecs = np.linalg.eigh(xd.T @ xd)
+        dims = min(50, vecs.shape[1], n)
+        top = vecs[:, ::-1][:, :dims]
+        signs = np.sign(top[np.argmax(np.abs(top), axis=0), np.arange(dims)])
         signs[signs == 0] = 1
-        pcs = (u[:, :dims] * s[:dims]) * signs
+        pcs = xd @ (top * signs)
         xy, method = pcs[:, :2], "PCA"
         if n >= 10:
             try:
