@@ -210,6 +210,8 @@ def test_fresh_workspace_says_what_to_run(tmp_path: Path) -> None:
     assert "not computed yet: run <code>exokiratory run sense</code>" in page
     assert "not computed yet: run <code>exokiratory run flags</code>" in page
     assert "not computed yet: run <code>exokiratory run embed-clip" in page
+    # an empty table names the pass that fills it (the longest matching view prefix)
+    assert "not computed yet: run <code>exokiratory run segment-embed-clip</code>" in page
     assert _json_block(page, "exo-maps") == []
     # generic fallback: a table without a special section still gets rows and columns
     m = re.search(r"data-table='images'><summary><b>images</b> <span class='rows'>(\d+) rows", page)

@@ -62,12 +62,13 @@ class ReportResult:
 
 
 def _producers(steps: list[Step], views: list[str]) -> dict[str, str]:
+    """view -> the pass that fills it: the pass of that name, else the longest prefix
+    (``clusters_clip_summary`` -> ``clusters-clip``)."""
     out: dict[str, str] = {}
     for v in views:
-        for s in steps:
-            if v == s.view_name or v.startswith(s.view_name + "_"):
-                out[v] = s.name
-                break
+        match = [s for s in steps if v == s.view_name or v.startswith(s.view_name + "_")]
+        if match:
+            out[v] = max(match, key=lambda s: (v == s.view_name, len(s.view_name))).name
     return out
 
 
