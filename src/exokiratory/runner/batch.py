@@ -104,7 +104,7 @@ def check_output(p: Pass, units: pa.Table, table: pa.Table) -> pa.Table:
     got = list(zip(*(table.column(k).to_pylist() for k in p.key), strict=True))
     if len(got) != len(set(got)) or got_units != want:
         raise OutputContractError(
-            f"{p.name}: output keys do not match the batch's units "
-            f"({len(got)} rows, {len(got_units)} units out, {len(want)} units in)"
+            f"{p.name}: output keys do not match the batch's units one to one "
+            f"({len(got)} rows for {len(got_units)} of {len(want)} units)"
         )
     return table
