@@ -16,20 +16,39 @@ DEMO_MARKER = ".exokiratory-demo"
 
 
 TINY_NOTE = (
-    "embeddings in this demo come from the 'tiny' profile: RANDOM-WEIGHT models of the real "
-    "CLIP / DINOv2 architectures (no download). They exercise the plumbing and mean nothing; set "
-    "passes.embed-clip.model / passes.embed-dino.model to 'lite' or 'full' for real ones."
+    "embeddings, segments and zero-shot scores in this demo come from the 'tiny' profile: "
+    "RANDOM-WEIGHT models of the real CLIP / DINOv2 / SAM architectures (no download). They "
+    "exercise the plumbing and mean nothing (no semantic flags are drawn from them); set "
+    "passes.<pass>.model to 'lite' or 'full' for real ones."
 )
+
+#: Model passes of the demo: random-weight models, and a small SAM grid so that the demo takes
+#: about a minute on a laptop CPU (a real run uses SAM's defaults: 32 x 32 points, 2 scales).
+DEMO_MODEL_PASSES: dict[str, dict[str, object]] = {
+    "embed-clip": {"model": "tiny"},
+    "embed-dino": {"model": "tiny"},
+    "segment": {
+        "model": "tiny",
+        "points_per_side": 4,
+        "crop_n_layers": 0,
+        "mask_max_side": 256,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "max_masks_per_image": 8,
+    },
+    "segment-embed-clip": {"model": "tiny"},
+    "segment-embed-dino": {"model": "tiny"},
+}
 
 
 def _use_tiny_models(ws: Workspace) -> None:
-    """The demo runs offline: embedding passes use the random-weight tiny profile (said so)."""
+    """The demo runs offline: model passes use the random-weight tiny profile (said so)."""
     from exokiratory.config import render_config
 
     changed = False
-    for name in ("embed-clip", "embed-dino"):
+    for name, settings in DEMO_MODEL_PASSES.items():
         if "model" not in ws.config.passes.get(name, {}):
-            ws.config.passes[name] = {**ws.config.passes.get(name, {}), "model": "tiny"}
+            ws.config.passes[name] = {**settings, **ws.config.passes.get(name, {})}
             changed = True
     if changed:
         ws.storage.write_bytes_atomic(CONFIG_FILE, render_config(ws.config).encode("utf-8"))
@@ -77,6 +96,6 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
         'JOIN images i USING (image_id) WHERE f.dup_group_id IS NOT NULL ORDER BY 2"',
         f"     exokiratory status -w {root}",
     ]
-    if any(r.pass_name.startswith("embed") for r in reports if hasattr(r, "pass_name")):
+    if any(n in ws.config.passes for n in DEMO_MODEL_PASSES):
         lines.insert(len(lines) - 3, "note: " + TINY_NOTE)
     return "\n".join(lines)
