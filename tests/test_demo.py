@@ -18,8 +18,12 @@ def test_demo_runs_every_pass_and_resumes(tmp_path: Path) -> None:
     ws = Workspace(root)
     st = ws.status()
     assert all(p.remaining == 0 and p.done > 0 for p in st.passes)
-    assert st.derived and st.derived[0].up_to_date
+    assert st.derived and all(d.up_to_date for d in st.derived)
     assert st.images_by_status == {"ok": 63, "unreadable": 5}
+    names = {p.name for p in st.passes} | {d.name for d in st.derived}
+    assert {"segment", "segment-embed-clip", "clusters-clip", "motifs", "zeroshot"} <= names
+    assert (root / "reports" / "report.html").stat().st_size > 10_000
+    assert "random-weight" in summary.lower()
     again = run_demo(root, workers=2)
     assert "0 new images" in again and "up to date" in again
 

@@ -78,6 +78,7 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
     _use_tiny_models(ws)
     scan = ws.scan(progress=progress)
     reports = ws.run("all", workers=workers, progress=progress)
+    report = ws.report(progress=progress)
     st = ws.status()
     lines = [
         f"demo workspace: {ws.storage.url}",
@@ -90,6 +91,8 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
             for d in st.derived
             if d.summary
         ),
+        report.summary(),
+        f"open: {report.local_path or report.url}",
         f'try: exokiratory sql -w {root} "SELECT status, error, count(*) AS n FROM images '
         'GROUP BY ALL ORDER BY n DESC"',
         f'     exokiratory sql -w {root} "SELECT i.first_path, f.dup_group_id FROM flags f '
