@@ -20,10 +20,6 @@ The ``tiny`` profile builds a random-weight SAM of the real architecture with ti
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from exokiratory.models.cache import ModelCache, build_once
 from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
 from exokiratory.models.registry import ModelSpec, model_slug
 from exokiratory.models.vision import _processor_config
@@ -40,9 +37,7 @@ _RESAMPLE = {0: Image.Resampling.NEAREST, 2: Image.Resampling.BILINEAR, 3: Image
 IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
 
-_CACHE: dict[tuple[ModelSpec, str, str], Segmenter] = {}
-_CACHE_LOCK = threading.Lock()
-_BUILD_LOCK = threading.Lock()
+_CACHE: ModelCache[Segmenter] = ModelCache()
 
 
 @dataclass(frozen=True)
@@ -193,19 +188,14 @@ def load_segmenter(
     resolved = pick_device(device)
     source = _source(spec, Path(cache_dir))
     key = (spec, resolved, source)
-    with _CACHE_LOCK:
-        if use_cache and key in _CACHE:
-            return _CACHE[key]
-        segmenter = _load(spec, source, Path(cache_dir), resolved)
-        if use_cache:
-            _CACHE[key] = segmenter
-    return segmenter
+    return _CACHE.get_or_load(
+        key, lambda: _load(spec, source, Path(cache_dir), resolved), use_cache
+    )
 
 
 def clear_cache() -> None:
     """Forget every cached segmenter."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> Segmenter:
@@ -229,23 +219,7 @@ def _source(spec: ModelSpec, cache_dir: Path) -> str:
     """Where ``from_pretrained`` loads ``spec`` from, building the tiny model if needed."""
     if not spec.is_tiny:
         return spec.model_id
-    target = cache_dir / model_slug(spec.model_id)
-    if not (target / "config.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _BUILD_LOCK:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            try:
-                build_tiny_sam(tmp)
-                if not (target / "config.json").is_file():
-                    shutil.rmtree(target, ignore_errors=True)
-                    try:
-                        os.replace(tmp, target)
-                    except OSError:  # another process won the race
-                        if not (target / "config.json").is_file():
-                            raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return str(target.resolve())
+    return build_once(cache_dir / model_slug(spec.model_id), build_tiny_sam)
 
 
 # -- tiny random-weight SAM ------------------------------------------------------------------

@@ -12,10 +12,6 @@ and is safe to call from several threads at once.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from exokiratory.models.cache import ModelCache, build_once
 from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
 from exokiratory.models.registry import ModelSpec, check_role, model_slug
 
@@ -32,9 +29,7 @@ DEFAULT_BATCH_SIZE = 32
 _PROCESSOR_FILE = "preprocessor_config.json"
 _RESAMPLE = {0: Image.Resampling.NEAREST, 2: Image.Resampling.BILINEAR}
 
-_CACHE: dict[tuple[ModelSpec, str, str], ImageEmbedder] = {}
-_CACHE_LOCK = threading.Lock()
-_BUILD_LOCK = threading.Lock()
+_CACHE: ModelCache[ImageEmbedder] = ModelCache()
 
 
 @dataclass(frozen=True)
@@ -292,58 +287,27 @@ def load_embedder(
     resolved_device = pick_device(device)
     source = _source(spec, Path(cache_dir))
     key = (spec, resolved_device, source)
-    with _CACHE_LOCK:
-        if use_cache and key in _CACHE:
-            return _CACHE[key]
-        embedder = _load(spec, source, Path(cache_dir), resolved_device)
-        if use_cache:
-            _CACHE[key] = embedder
-    return embedder
+    return _CACHE.get_or_load(
+        key, lambda: _load(spec, source, Path(cache_dir), resolved_device), use_cache
+    )
 
 
 def clear_cache() -> None:
     """Forget every cached embedder (their memory is freed once unreferenced)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _source(spec: ModelSpec, cache_dir: Path) -> str:
     """Where ``from_pretrained`` loads ``spec`` from, building a tiny model if needed."""
     if not spec.is_tiny:
         return spec.model_id
-    target = cache_dir / model_slug(spec.model_id)
-    if not (target / "config.json").is_file():
-        _build_tiny(spec.role, target)
-    return str(target.resolve())
-
-
-def _build_tiny(role: str, target: Path) -> None:
-    """Build a tiny model into a temporary sibling and move it into place atomically."""
     from exokiratory.models.tiny import build_tiny_clip, build_tiny_dinov2
 
     builders: dict[str, Callable[[str | Path], Path]] = {
         "clip": build_tiny_clip,
         "dino": build_tiny_dinov2,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _BUILD_LOCK:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            builders[role](tmp)
-            if not (target / "config.json").is_file():
-                shutil.rmtree(target, ignore_errors=True)
-                _move_into_place(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; losing the race to another process is fine."""
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
+    return build_once(cache_dir / model_slug(spec.model_id), builders[spec.role])
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> ImageEmbedder:

@@ -33,6 +33,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def missing_modules(modules: Sequence[str], extra: str) -> str | None:
+    """A ``missing_requirement`` message when any of ``modules`` cannot be imported here
+    (checked without importing them), naming the extra that installs them; else None."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"needs {' and '.join(missing)}: pip install 'exokiratory[{extra}]'"
+    return None
+
+
+#: what a model pass imports (``missing_modules(MODEL_MODULES, "ml")``)
+MODEL_MODULES: tuple[str, ...] = ("torch", "transformers")
+
+
 class PassSetupError(RuntimeError):
     """A pass cannot run at all (e.g. its model cannot be loaded): the batch fails as a whole,
     without the unit-by-unit retry, and the run stops that pass."""

@@ -34,7 +34,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.clustering import exemplars, hierarchical_kmeans, level_sizes, normalise_rows
-from exokiratory.passes.base import Derivation, PassParams
+from exokiratory.passes.base import Derivation, PassParams, missing_modules
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
@@ -101,11 +101,7 @@ class ClustersDerivation(Derivation):
         return configured
 
     def missing_requirement(self) -> str | None:
-        import importlib.util
-
-        if importlib.util.find_spec("faiss") is None:
-            return "needs faiss: pip install 'exokiratory[ml]'"
-        return None
+        return missing_modules(("faiss",), "ml")
 
     def output_schema(self) -> pa.Schema:
         return ASSIGNMENTS_SCHEMA

@@ -27,10 +27,12 @@ from exokiratory.models.dims import embedding_dim
 from exokiratory.models.registry import ModelSpec, model_slug, resolve
 from exokiratory.passes.base import (
     IMAGE_UNITS_SQL,
+    MODEL_MODULES,
     BatchContext,
     ImagePass,
     PassParams,
     PassSetupError,
+    missing_modules,
 )
 
 if TYPE_CHECKING:
@@ -106,12 +108,7 @@ class EmbeddingModel:
 
     @staticmethod
     def missing_requirement() -> str | None:
-        import importlib.util
-
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
-        return None
+        return missing_modules(MODEL_MODULES, "ml")
 
     def load(self, workspace_url: str) -> ImageEmbedder:
         """The embedder (cached per process); a model that cannot be loaded stops the pass."""

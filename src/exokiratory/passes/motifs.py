@@ -26,7 +26,7 @@ from exokiratory.motifs import (
     SegmentSet,
     find_motifs,
 )
-from exokiratory.passes.base import Derivation
+from exokiratory.passes.base import Derivation, missing_modules
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
@@ -85,11 +85,7 @@ class MotifsDerivation(Derivation):
         return configured
 
     def missing_requirement(self) -> str | None:
-        import importlib.util
-
-        if importlib.util.find_spec("faiss") is None:
-            return "needs faiss: pip install 'exokiratory[ml]'"
-        return None
+        return missing_modules(("faiss",), "ml")
 
     def output_schema(self) -> pa.Schema:
         return SEGMENTS_SCHEMA

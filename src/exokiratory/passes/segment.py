@@ -50,7 +50,15 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.models.registry import ModelSpec, model_slug, resolve
-from exokiratory.passes.base import IMAGE_UNITS_SQL, BatchContext, Pass, PassParams, PassSetupError
+from exokiratory.passes.base import (
+    IMAGE_UNITS_SQL,
+    MODEL_MODULES,
+    BatchContext,
+    Pass,
+    PassParams,
+    PassSetupError,
+    missing_modules,
+)
 from exokiratory.passes.embed import ROUTED_UNITS_SQL, cache_dir_for
 from exokiratory.segments.params import MaskGenerationParams
 
@@ -185,12 +193,7 @@ class SegmentMasksPass(Pass):
         return configured
 
     def missing_requirement(self) -> str | None:
-        import importlib.util
-
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
-        return None
+        return missing_modules(MODEL_MODULES, "ml")
 
     def output_schema(self) -> pa.Schema:
         return SEGMENT_SCHEMA

@@ -39,7 +39,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.models.registry import ModelSpec, resolve
-from exokiratory.passes.base import Derivation, Pass, PassParams
+from exokiratory.passes.base import MODEL_MODULES, Derivation, Pass, PassParams, missing_modules
 from exokiratory.prompts import (
     DEFAULT_SET,
     PromptRegistryError,
@@ -158,12 +158,7 @@ class ZeroShotDerivation(Derivation):
         return configured
 
     def missing_requirement(self) -> str | None:
-        import importlib.util
-
-        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"needs {' and '.join(missing)}: pip install 'exokiratory[ml]'"
-        return None
+        return missing_modules(MODEL_MODULES, "ml")
 
     def output_schema(self) -> pa.Schema:
         return ZEROSHOT_SCHEMA
