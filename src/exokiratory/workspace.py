@@ -317,24 +317,20 @@ class Workspace:
         from exokiratory.models.vision import load_embedder
         from exokiratory.passes.embed import cache_dir_for
 
-        if segments and image is not None and not os.path.exists(image) and "://" not in image:
-            rows = self.sql(
-                f"SELECT embedding FROM segment_embeddings_{space} WHERE error IS NULL AND "
-                f"segment_id = '{image.replace(chr(39), '')}'"
-            ).to_pylist()
-            if not rows:
-                raise ValueError(
-                    f"{image!r} is neither a file nor a segment id with a {space} embedding"
-                )
-            return np.asarray(rows[0]["embedding"], np.float32)[None, :]
         if image is not None and not os.path.exists(image) and "://" not in image:
+            # not a file: a stored id (a segment id when searching segments)
+            view, key = (
+                (f"segment_embeddings_{space}", "segment_id")
+                if segments
+                else (f"embeddings_{space}", "image_id")
+            )
             rows = self.sql(
-                f"SELECT embedding FROM embeddings_{space} WHERE error IS NULL AND "
-                f"image_id = '{image.replace(chr(39), '')}'"
+                f"SELECT embedding FROM {view} WHERE error IS NULL AND {key} = ?", [image]
             ).to_pylist()
             if not rows:
+                what = key.replace("_", " ")
                 raise ValueError(
-                    f"{image!r} is neither a file nor an image id with a {space} embedding"
+                    f"{image!r} is neither a file nor a {what} with a {space} embedding"
                 )
             return np.asarray(rows[0]["embedding"], np.float32)[None, :]
         spec = self._segment_embed_spec(space) if segments else self._embed_pass(space).spec
@@ -376,10 +372,11 @@ class Workspace:
         """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
         return Catalog(self.storage, self.passes() if passes is None else passes)
 
-    def sql(self, query: str) -> pa.Table:
-        """Run SQL over the workspace's views; returns an Arrow table."""
+    def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
+        """Run SQL over the workspace's views (``?`` placeholders bound to ``params``);
+        returns an Arrow table."""
         with self.catalog() as cat:
-            return cat.query(query)
+            return cat.query(query, params)
 
     def df(self, query: str) -> pd.DataFrame:
         """Like :meth:`sql`, as a pandas DataFrame."""
