@@ -14,7 +14,7 @@ import io
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -37,7 +37,7 @@ from exokiratory.passes.base import (
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
-    from exokiratory.models.vision import ImageEmbedder
+    from exokiratory.models.vision import ImageEmbedder, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,10 @@ class EmbedPass(ImagePass):
         embedder = self.embedding_model.load(ctx.workspace_url)
         rows = units.to_pylist()
 
+        spec = InputSpec(embedder.preprocessing, embedder.image_size, ctx.max_image_pixels)
+
         def prepare(unit: dict[str, Any]) -> np.ndarray | str:
-            try:
-                data = ctx.read_bytes(unit["path"], unit.get("source"))
-                return model_input(data, embedder, ctx.max_image_pixels)
-            except Exception as exc:  # a bad image is a row, never a crash
-                return f"{type(exc).__name__}: {exc}"
+            return prepare_file(unit["path"], unit.get("source"), ctx, spec)
 
         prepared: list[np.ndarray | str] = []
         good: list[int] = []
@@ -260,23 +258,44 @@ class EmbedPass(ImagePass):
         return table.cast(schema)
 
 
-def model_input(data: bytes, embedder: ImageEmbedder, max_pixels: int) -> np.ndarray:
+@dataclass(frozen=True)
+class InputSpec:
+    """What turning a file into a model input needs (picklable: sent to decode processes)."""
+
+    preprocessing: Preprocessing
+    image_size: int
+    max_pixels: int
+
+
+def model_input(data: bytes, spec: InputSpec) -> np.ndarray:
     """Decode an image file (EXIF orientation applied, JPEG DCT-scaled to twice the model's
     input size) and preprocess it into the model's ``(C, H, W)`` float32 input.
 
     Raises:
-        ValueError: for an image over ``max_pixels`` (a decompression bomb).
+        ValueError: for an image over ``spec.max_pixels`` (a decompression bomb).
     """
+    from exokiratory.models.vision import preprocess_image
+
     with Image.open(io.BytesIO(data)) as im:
-        if im.width * im.height > max_pixels:
+        if im.width * im.height > spec.max_pixels:
             raise ValueError("decompression bomb: over the pixel limit")
-        im.draft("RGB", (embedder.image_size * 2, embedder.image_size * 2))
+        im.draft("RGB", (spec.image_size * 2, spec.image_size * 2))
         rgb = ImageOps.exif_transpose(im).convert("RGB")
-    return embedder.preprocess(rgb)
+    return preprocess_image(rgb, spec.preprocessing)
+
+
+def prepare_file(
+    path: str, source: str | None, ctx: BatchContext, spec: InputSpec
+) -> np.ndarray | str:
+    """The model input of one image file, or the error text (a bad image is a row)."""
+    try:
+        return model_input(ctx.read_bytes(path, source), spec)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _ordered_prefetch(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T], ahead: int
+    pool: Executor, fn: Callable[[T], R], items: Sequence[T], ahead: int
 ) -> Iterator[R]:
     """``fn`` of each item, in order, computed by ``pool`` at most ``ahead`` items in advance
     (bounded memory, unlike ``pool.map``, which submits everything at once)."""
