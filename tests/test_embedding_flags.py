@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("faiss")
 
+from exokiratory.config import render_config
 from exokiratory.embedding_flags import (
     SpaceVectors,
     candidate_pairs,
@@ -108,6 +109,18 @@ def test_flags_gain_semantic_duplicates_and_embedding_outliers(tmp_path: Path) -
     assert f[ids[39]]["is_embedding_outlier"]
     assert sum(r["is_embedding_outlier"] for r in f.values()) <= 3
     assert f[ids[5]]["knn_distance_clip"] is not None and f[ids[5]]["knn_distance_dino"] is None
+    # the k-NN distances are cached: a threshold change re-derives without recomputing them
+    cached = list((Path(ws.storage.root) / "manifests/flags/_knn").glob("clip-*.parquet"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    ws.config.passes["flags"] = {"embedding_outlier_threshold": 100.0}
+    ws.storage.write_bytes_atomic("exokiratory.yaml", render_config(ws.config).encode())
+    ws = type(ws)(ws.storage.root)
+    ws.run(["flags"], progress=False)
+    assert cached[0].stat().st_mtime_ns == stamp
+    again = {r["image_id"]: r for r in ws.sql("SELECT * FROM flags").to_pylist()}
+    assert again[ids[39]]["knn_distance_clip"] == f[ids[39]]["knn_distance_clip"]
+    assert not again[ids[39]]["is_embedding_outlier"]
     # without embeddings the columns are null and the flags are false
     ws2 = _make_workspace(tmp_path / "plain", 5)
     ws2.run(["sense", "flags"], workers=1, progress=False)

@@ -26,6 +26,7 @@ joined into the flags table by :func:`exokiratory.flags.derive_flags`:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from exokiratory.neardup import choose_canonicals, connected_components
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
+    from exokiratory.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,31 @@ def knn_distance(x: np.ndarray, k: int) -> np.ndarray:
     use = not_self & (rank <= k)
     dist = np.where(use, 1.0 - sims, 0.0).sum(1) / np.maximum(use.sum(1), 1)
     return dist.astype(np.float64)
+
+
+class KnnCache:
+    """k-NN distances depend only on the vectors and k, and are the costly step of the
+    embedding flags (41 s at 10^5 vectors, bench/embedding_derivations.py): they are kept in
+    ``<folder>/<digest>.parquet`` (digest of k, the ids and the vectors' bytes), so changing a
+    flag threshold re-derives in seconds. Only the newest entry per space is kept."""
+
+    def __init__(self, storage: Storage, folder: str):
+        self.storage = storage
+        self.folder = folder
+
+    def distances(self, sv: SpaceVectors, k: int) -> np.ndarray:
+        h = hashlib.sha256(f"knn-v1:{k}:{sv.space}:".encode())
+        h.update("\0".join(sv.ids).encode())
+        h.update(np.ascontiguousarray(sv.vectors).tobytes())
+        rel = f"{self.folder}/{sv.space}-{h.hexdigest()[:16]}.parquet"
+        if self.storage.exists(rel):
+            return self.storage.read_parquet(rel).column("knn_distance").to_numpy()
+        dist = knn_distance(sv.vectors, k)
+        for old in self.storage.list_files(self.folder, ".parquet"):
+            if old.rsplit("/", 1)[-1].startswith(f"{sv.space}-"):
+                self.storage.remove(old)
+        self.storage.write_parquet_atomic(rel, pa.table({"knn_distance": dist}))
+        return dist
 
 
 def high_side_robust_z(x: np.ndarray) -> np.ndarray:

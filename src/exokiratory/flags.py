@@ -69,6 +69,7 @@ from pydantic import Field
 
 from exokiratory.embedding_flags import (
     SEMANTIC_DUP_SCHEMA,
+    KnnCache,
     SpaceVectors,
     high_side_robust_z,
     knn_distance,
@@ -301,6 +302,7 @@ def derive_flags(
     dup_cache: NearDupCache | None = None,
     spaces: Mapping[str, SpaceVectors] | None = None,
     semantic: pa.Table | None = None,
+    knn_cache: KnnCache | None = None,
 ) -> pa.Table:
     """Flags for every registered image, from the joined input table (see FLAGS_INPUT_SQL);
     ``semantic``: cue and zero-shot inputs aligned with it (:mod:`exokiratory.semantic_flags`)."""
@@ -361,7 +363,7 @@ def derive_flags(
     is_near_dup = np.array([r is not None and not r["is_canonical"] for r in dup_rows])
     n_paths = _col(t, "n_paths", np.int64)
     is_junk = is_corrupt | is_tiny | flag(low_info, low_info < p.junk_information_threshold)
-    emb = embedding_flag_columns(t, p, spaces or {})
+    emb = embedding_flag_columns(t, p, spaces or {}, knn_cache)
     worth = (status == "ok") & sensed & ~is_junk & ~is_near_dup
     if p.route_out_semantic_duplicates:
         worth &= ~emb["is_semantic_duplicate"]
@@ -413,7 +415,10 @@ def derive_flags(
 
 
 def embedding_flag_columns(
-    t: pa.Table, p: FlagsParams, spaces: Mapping[str, SpaceVectors]
+    t: pa.Table,
+    p: FlagsParams,
+    spaces: Mapping[str, SpaceVectors],
+    knn_cache: KnnCache | None = None,
 ) -> dict[str, Any]:
     """Semantic near-duplicate and k-NN outlier columns (see :mod:`exokiratory.embedding_flags`),
     aligned with ``t``; nulls (and False flags) where an image has no embedding."""
@@ -449,7 +454,11 @@ def embedding_flag_columns(
         if name in spaces:
             sv = spaces[name]
             rows = np.array([pos.get(i, -1) for i in sv.ids])
-            dist = knn_distance(sv.vectors, p.embedding_outlier_k)
+            dist = (
+                knn_cache.distances(sv, p.embedding_outlier_k)
+                if knn_cache is not None
+                else knn_distance(sv.vectors, p.embedding_outlier_k)
+            )
             d[rows[rows >= 0]] = dist[rows >= 0]
             z = np.maximum(z, high_side_robust_z(d))
         knn[f"knn_distance_{name}"] = _f32(d)

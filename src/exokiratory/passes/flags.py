@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from exokiratory.embedding_flags import load_spaces
+from exokiratory.embedding_flags import KnnCache, load_spaces
 from exokiratory.flags import (
     FLAGS_INPUT_SQL,
     FLAGS_SCHEMA,
@@ -54,7 +54,13 @@ class FlagsDerivation(Derivation):
         sem_sql = semantic_inputs_sql(catalog.views)
         semantic = align_inputs(table["image_id"], catalog.query(sem_sql)) if sem_sql else None
         return derive_flags(
-            table, params, self.full_version, dup_cache=cache, spaces=spaces, semantic=semantic
+            table,
+            params,
+            self.full_version,
+            dup_cache=cache,
+            spaces=spaces,
+            semantic=semantic,
+            knn_cache=KnnCache(catalog.storage, f"{self.dataset}/_knn"),
         )
 
     def extra_fingerprint(self, storage: Storage) -> str:

@@ -109,9 +109,12 @@ def _write_table(storage: Storage, folder: str, table: pa.Table) -> int:
 
 
 def _prune(storage: Storage, dataset: str, keep: str) -> None:
-    """Remove older output folders, keeping the current one and the newest previous one."""
+    """Remove older output folders, keeping the current one and the newest previous one
+    (names starting with ``.`` or ``_`` are not outputs: temporary files, caches)."""
     folders = [
-        n for n in storage.listdir(dataset) if n != POINTER and n != keep and not n.startswith(".")
+        n
+        for n in storage.listdir(dataset)
+        if n != POINTER and n != keep and not n.startswith((".", "_"))
     ]
     stale = (
         sorted(folders, key=lambda n: _mtime(storage, f"{dataset}/{n}"))[:-KEEP_PREVIOUS]
