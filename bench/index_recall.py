@@ -21,9 +21,18 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--kinds", default="flat,hnsw", help="flat is the reference for recall")
+    ap.add_argument(
+        "--clustered",
+        type=int,
+        default=0,
+        help="draw the vectors around this many Gaussian centres (like real embeddings)",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.n, args.dim)).astype(np.float32)
+    if args.clustered:
+        centres = rng.standard_normal((args.clustered, args.dim)).astype(np.float32)
+        x = 0.9 * x + centres[rng.integers(0, args.clustered, args.n)]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[rng.choice(args.n, args.queries, replace=False)] + 0.05 * rng.standard_normal(
         (args.queries, args.dim)
@@ -31,7 +40,8 @@ def main() -> None:
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     ids = np.arange(args.n, dtype=np.int64)
     print(
-        f"{args.n} random unit vectors, dim {args.dim}, {args.queries} queries, {faiss.omp_get_max_threads()} threads"
+        f"{args.n} {'clustered' if args.clustered else 'random'} unit vectors, dim {args.dim}, "
+        f"{args.queries} queries, {faiss.omp_get_max_threads()} threads"
     )
     results = {}
     for kind in args.kinds.split(","):
