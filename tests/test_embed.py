@@ -168,3 +168,47 @@ def test_embed_alias_and_all_images_flag_then_models_are_released(ws: Workspace)
     assert set(_vectors(ws, "embeddings_clip")) == ok  # the near-duplicate copy too
     assert ws.status().passes  # same dataset version: --all adds rows, it does not fork
     assert not vision._CACHE  # the models were dropped after their pass
+
+
+def test_read_ahead_runs_into_the_next_batch_without_decoding_twice() -> None:
+    import threading
+
+    from exokiratory.passes.embed import ReadAhead
+
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def fn(unit: dict[str, str]) -> str:
+        with lock:
+            calls.append(unit["image_id"])
+        return unit["image_id"].upper()
+
+    first = [{"image_id": f"a{i}"} for i in range(5)]
+    second = [{"image_id": f"b{i}"} for i in range(5)]
+    ra = ReadAhead(2)
+    try:
+        assert list(ra.ordered(fn, first, 2, upcoming=second)) == [
+            u["image_id"].upper() for u in first
+        ]
+        assert set(ra.early) == {"b0", "b1"}  # queued while the first batch finished
+        assert list(ra.ordered(fn, second, 2)) == [u["image_id"].upper() for u in second]
+        assert sorted(calls) == sorted(u["image_id"] for u in first + second)  # each once
+        assert not ra.early
+        # a batch that was read ahead but never run leaves nothing behind for another run
+        list(ra.ordered(fn, first[:1], 2, upcoming=second))
+        assert list(ra.ordered(fn, first[1:2], 2)) == ["A1"] and not ra.early
+    finally:
+        ra.close()
+
+
+def test_many_small_batches_give_the_same_vectors(ws: Workspace, tmp_path: Path) -> None:
+    folder = Path(ws.storage.root) / "embeddings" / "dino" / "tiny-dino"
+    before = _vectors(ws, "embeddings_dino")
+    for f in folder.glob("*.parquet"):
+        f.unlink()
+    (rep,) = ws.run(["embed-dino"], workers=1, batch_size=1, progress=False)
+    assert rep.batches_ok == len(before)  # type: ignore[union-attr]
+    after = _vectors(ws, "embeddings_dino")
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert np.allclose(after[k], v, atol=2e-3)

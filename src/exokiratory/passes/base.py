@@ -171,6 +171,16 @@ class Pass(ABC):
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
         """Compute the output rows for a batch of units."""
 
+    def lookahead(self, units: pa.Table | None) -> None:
+        """The units of the batch this process will run next (None: this is the last one), told
+        by an executor that runs batches one after another, so a pass may start reading them
+        early. Rows must not depend on it. Default: ignored."""
+        return None
+
+    def release(self) -> None:
+        """Free what the pass holds between batches (threads, buffers). Default: nothing."""
+        return None
+
     def error_rows(self, units: pa.Table, message: str) -> pa.Table:
         """Rows that record a failure for each unit (key columns plus ``error``)."""
         schema = self.output_schema()

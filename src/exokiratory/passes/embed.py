@@ -14,7 +14,7 @@ import io
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -223,17 +223,43 @@ class EmbedPass(ImagePass):
 
         # Threads decode and preprocess up to two forward batches ahead while this thread runs
         # the model on the batch before: decode and inference overlap (bench/embed_overlap.py).
+        # Once this batch's last image is queued, the first images of the next batch (when the
+        # executor said which: lookahead) are queued too, so the model never waits for a
+        # batch's first images.
         ahead = 2 * params.forward_batch_size
-        with ThreadPoolExecutor(params.decode_threads, thread_name_prefix="exo-embed") as pool:
-            for i, item in enumerate(_ordered_prefetch(pool, prepare, rows, ahead)):
-                prepared.append(item)
-                if isinstance(item, np.ndarray):
-                    pending.append(i)
-                if len(pending) >= params.forward_batch_size:
-                    forward()
-            forward()
+        if self._readahead is None:
+            self._readahead = ReadAhead(params.decode_threads)
+        upcoming = self._next_units
+        items = self._readahead.ordered(prepare, rows, ahead, upcoming)
+        for i, item in enumerate(items):
+            prepared.append(item)
+            if isinstance(item, np.ndarray):
+                pending.append(i)
+            if len(pending) >= params.forward_batch_size:
+                forward()
+        forward()
+        if not upcoming:
+            self.release()
         vectors = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
         return self._table(rows, prepared, good, vectors)
+
+    #: the decode threads of this pass in this process, kept across the batches of one run
+    _readahead: ReadAhead | None = None
+    _next_units: list[dict[str, Any]] | None = None
+
+    def lookahead(self, units: pa.Table | None) -> None:
+        self._next_units = units.to_pylist() if units is not None else None
+
+    def release(self) -> None:
+        if self._readahead is not None:
+            self._readahead.close()
+            self._readahead = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # threads stay in the process that made them
+        state.pop("_readahead", None)
+        state.pop("_next_units", None)
+        return state
 
     def _table(
         self, rows: list[dict[str, Any]], prepared: list[Any], good: list[int], vectors: np.ndarray
@@ -294,23 +320,54 @@ def prepare_file(
         return f"{type(exc).__name__}: {exc}"
 
 
-def _ordered_prefetch(
-    pool: Executor, fn: Callable[[T], R], items: Sequence[T], ahead: int
-) -> Iterator[R]:
-    """``fn`` of each item, in order, computed by ``pool`` at most ``ahead`` items in advance
-    (bounded memory, unlike ``pool.map``, which submits everything at once)."""
-    queue: deque[Future[R]] = deque()
-    it = iter(items)
-    for item in it:
-        queue.append(pool.submit(fn, item))
-        if len(queue) >= ahead:
-            break
-    while queue:
-        done = queue.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            queue.append(pool.submit(fn, nxt))
-        yield done
+class ReadAhead:
+    """Decode threads whose queued work may run past the end of a batch into the next one:
+    ``fn`` of each unit, in order, at most ``ahead`` units in advance (bounded memory); when a
+    batch's last unit is queued, the first ``ahead`` units of the next batch are queued too and
+    handed over when that batch asks for them (keyed by ``image_id``: same bytes, same input)."""
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="exo-embed")
+        self.early: dict[str, Future[Any]] = {}
+
+    def ordered(
+        self,
+        fn: Callable[[dict[str, Any]], R],
+        units: Sequence[dict[str, Any]],
+        ahead: int,
+        upcoming: Sequence[dict[str, Any]] | None = None,
+    ) -> Iterator[R]:
+        stale, self.early = self.early, {}
+        queue: deque[Future[R]] = deque()
+        it = iter(units)
+        for unit in it:
+            queue.append(self._submit_from(stale, fn, unit))
+            if len(queue) >= ahead:
+                break
+        exhausted = False
+        while queue:
+            done = queue.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(self._submit_from(stale, fn, nxt))
+            elif not exhausted:
+                exhausted = True
+                for unit in (upcoming or [])[:ahead]:
+                    self.early[unit["image_id"]] = self.pool.submit(fn, unit)
+            yield done
+
+    def _submit_from(
+        self,
+        early: dict[str, Future[Any]],
+        fn: Callable[[dict[str, Any]], R],
+        unit: dict[str, Any],
+    ) -> Future[R]:
+        fut = early.pop(unit["image_id"], None)
+        return fut if fut is not None else self.pool.submit(fn, unit)
+
+    def close(self) -> None:
+        self.early.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def cache_dir_for(workspace_url: str) -> str:

@@ -73,19 +73,33 @@ class LocalExecutor(Executor):
 
     def run(self, p: Pass, ctx: BatchContext, batches: Iterable[Batch], on_done: OnDone) -> None:
         if self.workers == 1:
-            for b in batches:
-                try:
-                    res = run_batch(p, ctx, b)
-                except PassSetupError as exc:
-                    log.error("%s cannot run: %s", p.name, exc)
-                    on_done(b, _failed(b, exc))
-                    return  # every other batch would fail the same way
-                except Exception as exc:
-                    log.error("%s: batch %s failed: %s", p.name, b.name, exc)
-                    res = _failed(b, exc)
-                on_done(b, res)
+            try:
+                self._run_in_process(p, ctx, batches, on_done)
+            finally:
+                p.release()
             return
         self._run_pool(p, ctx, iter(batches), on_done)
+
+    def _run_in_process(
+        self, p: Pass, ctx: BatchContext, batches: Iterable[Batch], on_done: OnDone
+    ) -> None:
+        """Batches one after another in this process; the pass is told the next batch."""
+        it = iter(batches)
+        b = next(it, None)
+        while b is not None:
+            nxt = next(it, None)
+            p.lookahead(nxt.units if nxt is not None else None)
+            try:
+                res = run_batch(p, ctx, b)
+            except PassSetupError as exc:
+                log.error("%s cannot run: %s", p.name, exc)
+                on_done(b, _failed(b, exc))
+                return  # every other batch would fail the same way
+            except Exception as exc:
+                log.error("%s: batch %s failed: %s", p.name, b.name, exc)
+                res = _failed(b, exc)
+            on_done(b, res)
+            b = nxt
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=_worker_context())
