@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from exokiratory.catalog import Catalog
 from exokiratory.passes.base import Derivation, Pass
 
@@ -105,30 +103,22 @@ def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
     a level says the two views still disagree there. Empty when either clustering is missing."""
     if not {"clusters_clip", "clusters_dino"} <= set(cat.views):
         return []
-    rows = cat.rows(
-        """SELECT c.level, any_value(c.k), any_value(d.k), list(c.cluster_id ORDER BY c.image_id),
-                  list(d.cluster_id ORDER BY c.image_id)
-           FROM clusters_clip c JOIN clusters_dino d USING (image_id, level)
-           GROUP BY c.level ORDER BY c.level"""
-    )
-    if not rows:
-        return []
-    from exokiratory.passes.clusters import agreement
+    from exokiratory.passes.clusters import level_agreement
 
-    out = []
-    for level, k_clip, k_dino, a, b in rows:
-        ari, ami = agreement(np.asarray(a), np.asarray(b)) if len(a) >= 2 else (None, None)
-        out.append(
-            {
-                "level": int(level),
-                "k_clip": int(k_clip),
-                "k_dino": int(k_dino),
-                "n_images": len(a),
-                "ari": ari,
-                "ami": ami,
-            }
-        )
-    return out
+    ks = {
+        (space, int(level)): int(k)
+        for space in ("clip", "dino")
+        for level, k in cat.rows(f"SELECT DISTINCT level, k FROM clusters_{space}")
+    }
+    return [
+        {
+            "level": r["level"],
+            "k_clip": ks[("clip", r["level"])],
+            "k_dino": ks[("dino", r["level"])],
+            **{key: r[key] for key in ("n_images", "ari", "ami")},
+        }
+        for r in level_agreement(cat.con, "clusters_clip", "clusters_dino")
+    ]
 
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:

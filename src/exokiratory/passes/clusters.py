@@ -33,7 +33,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from exokiratory.clustering import exemplars, hierarchical_kmeans, level_sizes, normalise_rows
+from exokiratory.clustering import (
+    KMeansResult,
+    exemplars,
+    hierarchical_kmeans,
+    level_sizes,
+    normalise_rows,
+)
 from exokiratory.passes.base import Derivation, PassParams, missing_modules
 
 if TYPE_CHECKING:
@@ -116,28 +122,25 @@ class ClustersDerivation(Derivation):
         from exokiratory.indices import load_embeddings
 
         params: ClusterParams = self.params  # type: ignore[assignment]
-        view = f"embeddings_{self.space}"
-        has_rows = view in catalog.views and catalog.scalar(
-            f"SELECT count(*) FROM {view} WHERE error IS NULL"
-        )
-        if not has_rows:
+        try:
+            vectors, idx, ids, _model = load_embeddings(catalog, self.space)
+        except ValueError:  # no embeddings (yet)
             log.info("%s: no %s embeddings yet; nothing to cluster", self.name, self.space)
             return {
                 "": ASSIGNMENTS_SCHEMA.empty_table(),
                 "summary": SUMMARY_SCHEMA.empty_table(),
                 "metrics": METRICS_SCHEMA.empty_table(),
             }
-        vectors, idx, ids, _model = load_embeddings(catalog, self.space)
         vectors = normalise_rows(vectors)
         ks = level_sizes(len(ids), params.cluster_size, params.branching, params.max_levels)
-        if not ks:
-            ks = [1]
-        levels = hierarchical_kmeans(vectors, ks, seed=params.seed, niter=params.niter)
+        levels = hierarchical_kmeans(vectors, ks or [1], seed=params.seed, niter=params.niter)
         assignments, summaries = [], []
         for li, lv in enumerate(levels):
             sim = np.einsum("nd,nd->n", vectors, lv.centroids[lv.assignments]).astype(np.float32)
-            assignments.append(_assignment_table(li, lv.k, lv.assignments, sim, idx, ids, params))
-            summaries.append(_summary_table(li, lv, sim, ids, params))
+            fit = KMeansResult(lv.assignments, lv.centroids, sim)
+            ex = exemplars(fit, params.exemplars)
+            assignments.append(_assignment_table(li, fit, ex, idx, ids))
+            summaries.append(_summary_table(li, fit, lv.parents, ex, ids))
         table = pa.concat_tables(assignments)
         previous = _previous_assignments(catalog, f"clusters_{self.space}")
         return {
@@ -149,28 +152,23 @@ class ClustersDerivation(Derivation):
 
 def _assignment_table(
     level: int,
-    k: int,
-    assign: np.ndarray,
-    sim: np.ndarray,
+    fit: KMeansResult,
+    ex: dict[int, np.ndarray],
     idx: np.ndarray,
     ids: list[str],
-    params: ClusterParams,
 ) -> pa.Table:
-    from exokiratory.clustering import KMeansResult
-
-    fit = KMeansResult(assign, np.zeros((k, 1), np.float32), sim)
-    is_ex = np.zeros(len(ids), bool)
-    for rows in exemplars(fit, params.exemplars).values():
-        is_ex[rows] = True
     n = len(ids)
+    is_ex = np.zeros(n, bool)
+    for rows in ex.values():
+        is_ex[rows] = True
     return pa.table(
         {
             "image_id": ids,
             "image_idx": idx.astype(np.int64),
             "level": np.full(n, level, np.int8),
-            "k": np.full(n, k, np.int32),
-            "cluster_id": assign.astype(np.int32),
-            "similarity": sim,
+            "k": np.full(n, fit.k, np.int32),
+            "cluster_id": fit.assignments.astype(np.int32),
+            "similarity": fit.similarity,
             "is_exemplar": is_ex,
         },
         schema=ASSIGNMENTS_SCHEMA,
@@ -178,25 +176,25 @@ def _assignment_table(
 
 
 def _summary_table(
-    level: int, lv: Any, sim: np.ndarray, ids: list[str], params: ClusterParams
+    level: int,
+    fit: KMeansResult,
+    parents: np.ndarray,
+    ex: dict[int, np.ndarray],
+    ids: list[str],
 ) -> pa.Table:
-    from exokiratory.clustering import KMeansResult
-
-    fit = KMeansResult(lv.assignments, lv.centroids, sim)
     sizes = fit.sizes()
-    sums = np.bincount(lv.assignments, weights=sim, minlength=lv.k)
+    sums = np.bincount(fit.assignments, weights=fit.similarity, minlength=fit.k)
     mean_sim = np.where(sizes > 0, sums / np.maximum(sizes, 1), np.nan).astype(np.float32)
-    ex = exemplars(fit, params.exemplars)
     return pa.table(
         {
-            "level": np.full(lv.k, level, np.int8),
-            "k": np.full(lv.k, lv.k, np.int32),
-            "cluster_id": np.arange(lv.k, dtype=np.int32),
-            "parent_cluster_id": lv.parents.astype(np.int32),
+            "level": np.full(fit.k, level, np.int8),
+            "k": np.full(fit.k, fit.k, np.int32),
+            "cluster_id": np.arange(fit.k, dtype=np.int32),
+            "parent_cluster_id": parents.astype(np.int32),
             "size": sizes,
             "mean_similarity": mean_sim,
-            "exemplar_ids": [[ids[i] for i in ex.get(c, [])] for c in range(lv.k)],
-            "centroid": [c.tolist() for c in lv.centroids],
+            "exemplar_ids": [[ids[i] for i in ex.get(c, [])] for c in range(fit.k)],
+            "centroid": [c.tolist() for c in fit.centroids],
         },
         schema=SUMMARY_SCHEMA,
     )
@@ -224,31 +222,46 @@ def _metrics(current: pa.Table, previous: pa.Table | None) -> pa.Table:
                 "avg(similarity)::FLOAT AS mean_similarity FROM cur GROUP BY level ORDER BY level"
             )
         ).to_pylist()
-        rows = []
-        for r in base:
-            common, ari, ami = 0, None, None
-            if previous is not None:
-                con.register("prev", previous)
-                pairs = con.execute(
-                    "SELECT c.cluster_id, p.cluster_id FROM cur c JOIN prev p "
-                    "USING (image_id, level) WHERE c.level = ?",
-                    [r["level"]],
-                ).fetchall()
-                common = len(pairs)
-                if common >= 2:
-                    a, b = (np.array(x) for x in zip(*pairs, strict=True))
-                    ari, ami = agreement(a, b)
-            rows.append(
-                {
-                    **r,
-                    "n_common_with_previous": common,
-                    "ari_vs_previous": ari,
-                    "ami_vs_previous": ami,
-                }
-            )
+        vs_previous: dict[int, dict[str, Any]] = {}
+        if previous is not None:
+            con.register("prev", previous)
+            vs_previous = {r["level"]: r for r in level_agreement(con, "cur", "prev")}
     finally:
         con.close()
+    rows = []
+    for r in base:
+        prev = vs_previous.get(r["level"], {})
+        rows.append(
+            {
+                **r,
+                "n_common_with_previous": prev.get("n_images", 0),
+                "ari_vs_previous": prev.get("ari"),
+                "ami_vs_previous": prev.get("ami"),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def level_agreement(con: Any, left: str, right: str) -> list[dict[str, Any]]:
+    """Per level, ARI and AMI between two cluster-assignment relations (``image_id, level,
+    cluster_id``; views or registered tables of the DuckDB connection ``con``) on the images
+    both hold: ``level, n_images, ari, ami`` (ari/ami None below 2 common images)."""
+    from exokiratory.catalog import fetch_arrow
+
+    t = fetch_arrow(
+        con.execute(
+            f"SELECT l.level, l.cluster_id AS a, r.cluster_id AS b FROM {left} l "
+            f"JOIN {right} r USING (image_id, level) ORDER BY l.level, l.image_id"
+        )
+    )
+    level = t.column("level").to_numpy()
+    a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
+    out = []
+    for lv in np.unique(level):
+        sel = level == lv
+        ari, ami = agreement(a[sel], b[sel]) if sel.sum() >= 2 else (None, None)
+        out.append({"level": int(lv), "n_images": int(sel.sum()), "ari": ari, "ami": ami})
+    return out
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
