@@ -37,6 +37,7 @@ import pyarrow as pa
 from exokiratory.clustering import choose_k, normalise_rows, spherical_kmeans
 from exokiratory.models.registry import TINY_PREFIX
 from exokiratory.neardup import choose_canonicals, connected_components
+from exokiratory.robust import median_sigma
 
 if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
@@ -221,11 +222,9 @@ def high_side_robust_z(x: np.ndarray) -> np.ndarray:
     side of a k-NN distance); 0 for NaN and for a constant input."""
     ok = np.isfinite(x)
     out = np.zeros(x.shape, np.float64)
-    if ok.sum() < 3:
+    stats = median_sigma(x)
+    if stats is None or stats[1] <= 1e-12:
         return out
-    med = np.median(x[ok])
-    mad = 1.4826 * np.median(np.abs(x[ok] - med))
-    if mad <= 1e-12:
-        return out
-    out[ok] = np.maximum(0.0, (x[ok] - med) / mad)
+    med, sigma = stats
+    out[ok] = np.maximum(0.0, (x[ok] - med) / sigma)
     return out

@@ -76,6 +76,7 @@ from exokiratory.embedding_flags import (
     semantic_duplicates,
 )
 from exokiratory.neardup import group_near_duplicates, make_clauses
+from exokiratory.robust import median_sigma
 from exokiratory.semantic_flags import (
     PASS1_COLUMNS,
     SEMANTIC_FIELDS,
@@ -236,10 +237,10 @@ def _col(t: pa.Table, name: str, dtype: type = np.float64) -> np.ndarray:
 
 def _robust_z(x: np.ndarray) -> np.ndarray:
     ok = np.isfinite(x)
-    if ok.sum() < 3:
+    stats = median_sigma(x)
+    if stats is None:
         return np.zeros_like(x)
-    med = np.median(x[ok])
-    mad = 1.4826 * np.median(np.abs(x[ok] - med))
+    med, mad = stats
     if mad <= 1e-12:
         # a constant feature: only values that differ at all are "infinitely" far; cap them
         return np.where(ok & (np.abs(x - med) > 1e-9), 1e3, 0.0)
