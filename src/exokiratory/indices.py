@@ -83,24 +83,47 @@ def segment_int_id(image_idx: np.ndarray, mask_index: np.ndarray) -> np.ndarray:
     return (np.asarray(image_idx, np.int64) << SEGMENT_ID_BITS) | mask_index
 
 
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A (fixed-size) list column of embeddings as a contiguous float32 ``(n, dim)`` array
+    (``n`` >= 1)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return np.ascontiguousarray(flat.reshape(len(arr), -1))
+
+
+def single_model(t: pa.Table, view: str) -> str:
+    """The one ``model_id`` of the rows of ``t`` (read from ``view``); mixed models raise."""
+    models = set(t.column("model_id").to_pylist())
+    if len(models) != 1:
+        raise ValueError(f"{view} mixes models {sorted(models)}; use one model per space")
+    return models.pop()
+
+
+def _stored_vectors(
+    cat: Catalog, view: str, columns: str, order_by: str, what: str, hint: str
+) -> tuple[np.ndarray, pa.Table, str]:
+    """(vectors, the rows' ``columns``, model_id) of the error-free rows of ``view``."""
+    if view not in cat.views:
+        raise ValueError(f"no {what}: {hint}")
+    t = cat.query(
+        f"SELECT {columns}, embedding, model_id FROM {view} WHERE error IS NULL ORDER BY {order_by}"
+    )
+    if t.num_rows == 0:
+        raise ValueError(f"no {what} yet: {hint}")
+    return embedding_matrix(t.column("embedding")), t, single_model(t, view)
+
+
 def load_segment_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Table, str]:
     """(vectors float32, id map rows ``id, segment_id, image_id, image_idx``, model_id) of the
     stored segment embeddings of ``space``."""
-    view = f"segment_embeddings_{space}"
-    hint = f"run `exokiratory run segment-embed-{space}` first"
-    if view not in cat.views:
-        raise ValueError(f"no {space} segment embeddings: {hint}")
-    t = cat.query(
-        f"SELECT segment_id, image_id, image_idx, mask_index, embedding, model_id FROM {view} "
-        "WHERE error IS NULL ORDER BY image_idx, mask_index"
+    vectors, t, model_id = _stored_vectors(
+        cat,
+        f"segment_embeddings_{space}",
+        "segment_id, image_id, image_idx, mask_index",
+        "image_idx, mask_index",
+        f"{space} segment embeddings",
+        f"run `exokiratory run segment-embed-{space}` first",
     )
-    if t.num_rows == 0:
-        raise ValueError(f"no {space} segment embeddings yet: {hint}")
-    models = set(t.column("model_id").to_pylist())
-    if len(models) != 1:
-        raise ValueError(f"{view} mixes models {sorted(models)}; one index per model")
-    flat = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.ascontiguousarray(flat.astype(np.float32).reshape(t.num_rows, -1))
     idx = t.column("image_idx").to_numpy()
     keys = pa.table(
         {
@@ -110,32 +133,20 @@ def load_segment_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Ta
             "image_idx": idx,
         }
     )
-    return vectors, keys, models.pop()
+    return vectors, keys, model_id
 
 
 def load_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(vectors float32, image_idx int64, image_id, model_id) of the stored embeddings."""
-    view = f"embeddings_{space}"
-    if view not in cat.views:
-        raise ValueError(f"no {space} embeddings: run `exokiratory run embed-{space}` first")
-    t = cat.query(
-        f"SELECT image_idx, image_id, embedding, model_id FROM {view} "
-        "WHERE error IS NULL ORDER BY image_idx"
+    vectors, t, model_id = _stored_vectors(
+        cat,
+        f"embeddings_{space}",
+        "image_idx, image_id",
+        "image_idx",
+        f"{space} embeddings",
+        f"run `exokiratory run embed-{space}` first",
     )
-    if t.num_rows == 0:
-        raise ValueError(f"no {space} embeddings yet: run `exokiratory run embed-{space}` first")
-    emb = t.column("embedding").combine_chunks()
-    flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    vectors = flat.reshape(t.num_rows, -1)
-    models = set(t.column("model_id").to_pylist())
-    if len(models) != 1:
-        raise ValueError(f"{view} mixes models {sorted(models)}; one index per model")
-    return (
-        np.ascontiguousarray(vectors),
-        t.column("image_idx").to_numpy(),
-        t.column("image_id").to_pylist(),
-        models.pop(),
-    )
+    return vectors, t.column("image_idx").to_numpy(), t.column("image_id").to_pylist(), model_id
 
 
 def choose_kind(n: int) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from exokiratory.indices import embedding_matrix, single_model
 from exokiratory.motifs import (
     CLUSTERS_SCHEMA,
     SEGMENTS_SCHEMA,
@@ -42,13 +43,6 @@ ORDER BY e.image_idx, e.mask_index
 """
 
 
-def vectors_of(column: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
-    """An embedding list column as a float32 ``(n, d)`` array."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return np.ascontiguousarray(flat.reshape(n, -1))
-
-
 def load_segment_set(catalog: Catalog, space: str) -> SegmentSet | None:
     """The embedded segments of ``space`` with their geometry, or None when there are none."""
     view = f"segment_embeddings_{space}"
@@ -57,11 +51,9 @@ def load_segment_set(catalog: Catalog, space: str) -> SegmentSet | None:
     t = catalog.query(MOTIF_INPUT_SQL.format(view=view))
     if t.num_rows == 0:
         return None
-    models = set(t.column("model_id").to_pylist())
-    if len(models) != 1:
-        raise ValueError(f"{view} mixes models {sorted(models)}; motifs need one model per space")
+    single_model(t, view)
     return SegmentSet(
-        vectors=vectors_of(t.column("embedding"), t.num_rows),
+        vectors=embedding_matrix(t.column("embedding")),
         segment_ids=t.column("segment_id").to_pylist(),
         image_ids=t.column("image_id").to_pylist(),
         image_idx=t.column("image_idx").to_numpy(),
