@@ -130,6 +130,7 @@ def test_in_run_all_only_when_installed(monkeypatch: pytest.MonkeyPatch) -> None
     assert p.missing_requirement() is None and p.in_all(False)
     import exokiratory.cues as cues_pkg
 
-    monkeypatch.setattr(cues_pkg, "missing_modules", lambda: ["rapidocr"])
+    monkeypatch.setattr(cues_pkg, "CUES_REQUIREMENTS", ("cv2", "no_such_detector_module"))
     assert "exokiratory[cues]" in (p.missing_requirement() or "")
+    assert "no_such_detector_module" in (p.missing_requirement() or "")
     assert not p.in_all(True)

@@ -13,11 +13,4 @@ imports neither, so the rest of exokiratory runs without them.
 from __future__ import annotations
 
 CUES_REQUIREMENTS: tuple[str, ...] = ("cv2", "onnxruntime", "rapidocr")
-"""Modules the detectors import (see :func:`missing_modules`)."""
-
-
-def missing_modules() -> list[str]:
-    """The detector modules that cannot be imported here (empty when the extra is installed)."""
-    import importlib.util
-
-    return [m for m in CUES_REQUIREMENTS if importlib.util.find_spec(m) is None]
+"""Modules the detectors import (checked by the ``cues`` pass's ``missing_requirement``)."""

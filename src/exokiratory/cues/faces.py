@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from exokiratory.cues.text import DetectorUnavailable
+from exokiratory.models.cache import ModelCache
 
 CASCADE = "haarcascade_frontalface_alt2.xml"
 MIN_FACE_PX = 20
 
-_CACHE: dict[tuple[int, float, int, float, int], FaceDetector] = {}
-_LOCK = threading.Lock()
+_CACHE: ModelCache[FaceDetector] = ModelCache()
 
 
 @dataclass(frozen=True)
@@ -150,15 +150,13 @@ def get_face_detector(
 ) -> FaceDetector:
     """The process-wide face detector for these settings (loaded once per process)."""
     key = (max_side, scale_factor, min_neighbors, min_size_fraction, threads)
-    with _LOCK:
-        det = _CACHE.get(key)
-        if det is None:
-            det = FaceDetector(
-                max_side=max_side,
-                scale_factor=scale_factor,
-                min_neighbors=min_neighbors,
-                min_size_fraction=min_size_fraction,
-                threads=threads,
-            )
-            _CACHE[key] = det
-    return det
+    return _CACHE.get_or_load(
+        key,
+        lambda: FaceDetector(
+            max_side=max_side,
+            scale_factor=scale_factor,
+            min_neighbors=min_neighbors,
+            min_size_fraction=min_size_fraction,
+            threads=threads,
+        ),
+    )

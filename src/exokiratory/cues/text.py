@@ -31,20 +31,20 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exokiratory.models.cache import ModelCache
+
 log = logging.getLogger(__name__)
 
 #: Preferred detection models, best first; any other ``*det*.onnx`` in the wheel is a fallback.
 PREFERRED_MODELS: tuple[str, ...] = ("PP-OCRv6_det_small.onnx", "ch_PP-OCRv4_det_infer.onnx")
 
-_CACHE: dict[tuple[str, int, float, float, float, float, int], TextDetector] = {}
-_LOCK = threading.Lock()
+_CACHE: ModelCache[TextDetector] = ModelCache()
 
 
 class DetectorUnavailable(RuntimeError):
@@ -201,16 +201,14 @@ def get_text_detector(
         max_box_height,
         threads,
     )
-    with _LOCK:
-        det = _CACHE.get(key)
-        if det is None:
-            det = TextDetector(
-                max_side=max_side,
-                threshold=threshold,
-                box_threshold=box_threshold,
-                unclip_ratio=unclip_ratio,
-                max_box_height=max_box_height,
-                threads=threads,
-            )
-            _CACHE[key] = det
-    return det
+    return _CACHE.get_or_load(
+        key,
+        lambda: TextDetector(
+            max_side=max_side,
+            threshold=threshold,
+            box_threshold=box_threshold,
+            unclip_ratio=unclip_ratio,
+            max_box_height=max_box_height,
+            threads=threads,
+        ),
+    )

@@ -25,7 +25,13 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from exokiratory.passes.base import BatchContext, ImagePass, PassParams, PassSetupError
+from exokiratory.passes.base import (
+    BatchContext,
+    ImagePass,
+    PassParams,
+    PassSetupError,
+    missing_modules,
+)
 from exokiratory.sense.decode import load_working_image
 
 CUES_SCHEMA = pa.schema(
@@ -75,12 +81,9 @@ class CuesPass(ImagePass):
         return CUES_SCHEMA
 
     def missing_requirement(self) -> str | None:
-        from exokiratory.cues import missing_modules
+        from exokiratory import cues
 
-        missing = missing_modules()
-        if missing:
-            return f"needs {', '.join(missing)}: pip install 'exokiratory[cues]'"
-        return None
+        return missing_modules(cues.CUES_REQUIREMENTS, "cues")
 
     def in_all(self, configured: bool) -> bool:
         """In ``run all`` whenever its detectors are installed (CPU only, nothing to download)."""
