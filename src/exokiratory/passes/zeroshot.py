@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from exokiratory.indices import embedding_matrix
 from exokiratory.models.registry import ModelSpec, resolve
 from exokiratory.passes.base import MODEL_MODULES, Derivation, Pass, PassParams, missing_modules
 from exokiratory.prompts import (
@@ -204,7 +205,7 @@ class ZeroShotDerivation(Derivation):
         for batch in _batches(catalog, EMBEDDINGS_SQL, params.batch_rows):
             if batch.num_rows == 0:
                 continue
-            emb = _matrix(batch.column(2))
+            emb = embedding_matrix(batch.column(2))
             if emb.shape[1] != vectors.matrix.shape[1]:
                 raise RuntimeError(
                     f"zeroshot: stored CLIP embeddings have {emb.shape[1]} dimensions, the text "
@@ -245,14 +246,3 @@ class ZeroShotDerivation(Derivation):
             },
             schema=ZEROSHOT_SCHEMA,
         )
-
-
-def _matrix(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A (fixed-size) list column of vectors as a float32 ``(n, dim)`` array."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    n = len(col)
-    if n == 0:
-        return np.zeros((0, 0), np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return flat.reshape(n, -1)
