@@ -19,7 +19,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from exokiratory import Workspace
 from exokiratory.config import render_config
-from exokiratory.report.stopping import adjusted_rand, normalized_mi
+from exokiratory.report.stopping import AMI_MAX_CELLS, compare
 from exokiratory.report.thumbs import WANTS_SCHEMA, ThumbParams, ThumbStore, image_wants
 
 from .conftest import NATURAL_PHOTOS, skimage_data_dir
@@ -241,8 +241,23 @@ def test_partition_scores_match_scikit_learn(pairs: list[tuple[int, int]]) -> No
 
     a = np.asarray([p[0] for p in pairs])
     b = np.asarray([p[1] for p in pairs])
-    assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-9)
-    assert normalized_mi(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-9)
+    got = compare(a, b)
+    assert got["n"] == len(pairs)
+    assert got["ari"] == pytest.approx(adjusted_rand_score(a, b), abs=1e-9)
+    assert got["nmi"] == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-9)
+    assert got["ami"] is not None
+    # relabelling a partition changes none of the scores
+    same = compare(a, 10 - a)
+    assert same["ari"] == pytest.approx(1.0) and same["nmi"] == pytest.approx(1.0)
+    assert same["ami"] == pytest.approx(1.0)
+
+
+def test_partition_scores_skip_ami_on_a_large_contingency_table() -> None:
+    n = int(AMI_MAX_CELLS**0.5) + 2
+    a = np.arange(n * 2) % n
+    got = compare(a, a)
+    assert got["ami"] is None  # too many cells to be quick
+    assert got["ari"] == pytest.approx(1.0) and got["nmi"] == pytest.approx(1.0)
 
 
 # -- a real browser ------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def offender_galleries(tables: Tables, n: int) -> tuple[list[Gallery], list[str]
     for flag in flag_columns(tables):
         if flag in NOT_OFFENDERS or flag in DESCRIPTIVE_FLAGS:
             continue
-        total = int(tables.cat.scalar(f"SELECT count(*) FROM flags WHERE {qi(flag)}") or 0)
+        total = tables.n_true("flags", flag)
         if not total:
             empty.append(flag)
             continue
@@ -147,7 +147,7 @@ def label_gallery(tables: Tables, per: int) -> Gallery | None:
             f"""SELECT f.image_id, i.first_path FROM flags f JOIN images i USING (image_id)
                 WHERE f.{qi(flag)} ORDER BY {order}f.image_idx LIMIT {int(per)}"""
         ).to_pylist()
-        total = int(tables.cat.scalar(f"SELECT count(*) FROM flags WHERE {qi(flag)}") or 0)
+        total = tables.n_true("flags", flag)
         gal.groups.append((f"{flag} ({_n(total)})", _tiles(rows, "")))
     return gal if gal.groups else None
 
@@ -246,7 +246,11 @@ def _duplicate_gallery(
 
 
 def cluster_levels(tables: Tables, space: str) -> list[tuple[int, int]]:
-    """(level, k) of the clusterings of a space, coarsest first."""
+    """(level, k) of the clusterings of a space, coarsest first (queried once per build)."""
+    return tables.memo(f"cluster_levels:{space}", lambda: _cluster_levels(tables, space))
+
+
+def _cluster_levels(tables: Tables, space: str) -> list[tuple[int, int]]:
     view = f"clusters_{space}"
     if not tables.has(view, "image_id", "cluster_id") or not tables.nonempty(view):
         return []

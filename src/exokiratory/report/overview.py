@@ -69,12 +69,17 @@ def zeroshot_view(tables: Tables) -> str | None:
 
 
 def zeroshot_groups(tables: Tables) -> list[str]:
+    """The zero-shot groups (queried once per build)."""
     view = zeroshot_view(tables)
     if view is None:
         return []
-    return [
-        str(r[0]) for r in tables.cat.rows(f"SELECT DISTINCT group_id FROM {qi(view)} ORDER BY 1")
-    ]
+    return tables.memo(
+        f"zeroshot_groups:{view}",
+        lambda: [
+            str(r[0])
+            for r in tables.cat.rows(f"SELECT DISTINCT group_id FROM {qi(view)} ORDER BY 1")
+        ],
+    )
 
 
 def zeroshot_sql(view: str, group: str) -> str:
@@ -109,12 +114,10 @@ def gather_overview(tables: Tables, status: Any) -> Overview:
     n_flagged = 0
     groups = members = 0
     if flags and tables.nonempty("flags"):
-        sums = ", ".join(f"count(*) FILTER (WHERE {qi(c)})" for c in flags)
+        flag_counts = {c: tables.n_true("flags", c) for c in flags}
         problems = [c for c in flags if c not in NOT_PROBLEMS | DESCRIPTIVE_FLAGS]
         anyf = " OR ".join(qi(c) for c in problems) or "false"
-        row = cat.rows(f"SELECT {sums}, count(*) FILTER (WHERE {anyf}) FROM flags")[0]
-        flag_counts = {c: int(v) for c, v in zip(flags, row[:-1], strict=True)}
-        n_flagged = int(row[-1])
+        n_flagged = int(cat.scalar(f"SELECT count(*) FROM flags WHERE {anyf}") or 0)
         if tables.has("flags", "dup_group_id"):
             r = cat.rows(
                 "SELECT count(DISTINCT dup_group_id), count(dup_group_id) FROM flags "

@@ -3,17 +3,18 @@
 Three families, each computed from the stored tables:
 
 * **Agreement between spaces**: for every clustering level present for both CLIP and DINO, the
-  adjusted Rand index (ARI), normalised mutual information (NMI, arithmetic mean) and, where the
-  contingency table is small enough (scikit-learn installed), adjusted mutual information (AMI)
-  between the two partitions of the images clustered in both. Two spaces that agree more and more
-  mean the structure is real; agreement that stops moving means more passes will not change it.
+  adjusted Rand index (ARI) and adjusted mutual information (AMI) between the two partitions of
+  the images clustered in both (:func:`exokiratory.status.cluster_agreement`). Two spaces that
+  agree more and more mean the structure is real; agreement that stops moving means more passes
+  will not change it.
 * **Change between runs**: every report build keeps a *snapshot* of the structure in
   ``reports/history/snap-<seq>-<digest>.parquet`` (one row per ``image_id`` and ``signal``:
   ``cluster:<space>:<level>`` with the cluster id as ``value``, ``outlier`` for a flags outlier,
   ``emb_outlier:<space>`` for the least typical images of a space); the digest is that of the
   input part listings (flags, clusters, images), so an unchanged workspace reuses its snapshot.
-  The panel compares the current snapshot with the one before it: ARI per clustering on the
-  images present in both, Jaccard of the outlier sets (outlier persistence), new images.
+  The panel compares the current snapshot with the one before it: ARI, NMI (arithmetic mean) and,
+  where the contingency table is small enough, AMI per clustering on the images present in both, Jaccard of the outlier sets (outlier
+  persistence), new images.
 * **Outlier persistence across spaces**: Jaccard of the CLIP and DINO embedding outliers (the
   ``outlier_fraction`` of images least similar to their own cluster centroid at the finest level)
   and their overlap with the cheap-feature outliers of the flags.
@@ -37,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from exokiratory.passes.clusters import agreement
 from exokiratory.report.galleries import cluster_levels
 from exokiratory.report.tables import Tables
 from exokiratory.storage import Storage
@@ -58,71 +60,18 @@ AMI_MAX_CELLS = 40_000
 
 
 # -- partition comparison --------------------------------------------------------------------
-def _comb2(x: np.ndarray) -> float:
-    x = x.astype(np.float64)
-    return float((x * (x - 1) / 2).sum())
-
-
-def _contingency(
-    a: np.ndarray, b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(cell keys, cell counts, row sums, column sums, number of columns) of the contingency
-    table of two labelings; a cell key is ``row * n_columns + column``."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    nb = int(bi.max()) + 1 if bi.size else 1
-    keys, cells = np.unique(ai.astype(np.int64) * nb + bi, return_counts=True)
-    return keys, cells, np.bincount(ai), np.bincount(bi), nb
-
-
-def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
-    """Adjusted Rand index of two labelings of the same items (1 identical, ~0 random)."""
-    n = len(a)
-    if n < 2:
-        return float("nan")
-    _, cells, rows, cols, _ = _contingency(a, b)
-    index, sa, sb = _comb2(cells), _comb2(rows), _comb2(cols)
-    expected = sa * sb / (n * (n - 1) / 2)
-    top = (sa + sb) / 2
-    if top == expected:
-        return 1.0
-    return (index - expected) / (top - expected)
-
-
-def normalized_mi(a: np.ndarray, b: np.ndarray) -> float:
-    """Mutual information normalised by the arithmetic mean of the entropies."""
-    n = len(a)
-    if n == 0:
-        return float("nan")
-    keys, cells, rows, cols, nb = _contingency(a, b)
-    pi, pj = rows[keys // nb] / n, cols[keys % nb] / n
-    pij = cells / n
-    mi = float((pij * np.log(pij / (pi * pj))).sum())
-    ha = -float(((rows / n) * np.log(rows / n)).sum())
-    hb = -float(((cols / n) * np.log(cols / n)).sum())
-    if ha == 0 and hb == 0:
-        return 1.0
-    return max(0.0, mi) / ((ha + hb) / 2) if (ha + hb) > 0 else 0.0
-
-
-def adjusted_mi(a: np.ndarray, b: np.ndarray) -> float | None:
-    """AMI (scikit-learn), or None when unavailable or the table is too large to be quick."""
-    if len(np.unique(a)) * len(np.unique(b)) > AMI_MAX_CELLS:
-        return None
-    try:
-        from sklearn.metrics import adjusted_mutual_info_score
-    except ImportError:
-        return None
-    return float(adjusted_mutual_info_score(a, b))
-
-
 def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    return {
-        "n": len(a),
-        "ari": adjusted_rand(a, b),
-        "nmi": normalized_mi(a, b),
-        "ami": adjusted_mi(a, b),
-    }
+    """ARI and AMI (:func:`exokiratory.passes.clusters.agreement`) and NMI (arithmetic mean) of
+    two labelings of the same items; AMI is None when the contingency table is too large for
+    it to be quick."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    ami: float | None = None
+    if len(np.unique(a)) * len(np.unique(b)) <= AMI_MAX_CELLS:
+        ari, ami = agreement(a, b)
+    else:
+        ari = float(adjusted_rand_score(a, b))
+    return {"n": len(a), "ari": ari, "nmi": float(normalized_mutual_info_score(a, b)), "ami": ami}
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ aggregate query per table (DuckDB reads only the columns it needs), so it scales
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from exokiratory.catalog import Catalog
+
+T = TypeVar("T")
 
 NUMERIC_TYPES = (
     "TINYINT",
@@ -67,6 +70,7 @@ class Tables:
     def __init__(self, cat: Catalog):
         self.cat = cat
         self.info: dict[str, TableInfo] = {}
+        self._memo: dict[str, Any] = {}
         for name in cat.views:
             try:
                 cols = {
@@ -98,6 +102,19 @@ class Tables:
             if self.has(name, *cols) and self.nonempty(name):
                 return name
         return None
+
+    def n_true(self, name: str, col: str) -> int:
+        """Rows of ``name`` where the boolean ``col`` is true, from its summary (no query)."""
+        t = self.get(name)
+        s = next((s for s in t.summaries if s.name == col), None) if t is not None else None
+        return int(s.n_true or 0) if s is not None else 0
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per build: the views do not change while a report is built, and
+        several sections ask the same question (clustering levels, zero-shot groups)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[no-any-return]
 
     def summarise(self) -> None:
         for t in self.info.values():
