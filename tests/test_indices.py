@@ -48,12 +48,12 @@ def test_build_search_similar(ws: Workspace) -> None:
     some = ws.sql("SELECT image_id FROM images ORDER BY image_idx LIMIT 1").to_pylist()[0][
         "image_id"
     ]
-    hits = ws.similar(some, k=3).to_pylist()
+    hits = ws.similar(some, k=3).to_dict("records")
     assert hits[0]["image_id"] == some and hits[0]["score"] == pytest.approx(1.0, abs=1e-2)
     assert [h["rank"] for h in hits] == [1, 2, 3] and all(h["first_path"] for h in hits)
-    by_text = ws.search(text="a cat", k=2).to_pylist()
+    by_text = ws.search(text="a cat", k=2).to_dict("records")
     assert len(by_text) == 2
-    by_file = ws.search(image=str(skimage_data_dir() / "coffee.png"), k=1).to_pylist()
+    by_file = ws.search(image=str(skimage_data_dir() / "coffee.png"), k=1).to_dict("records")
     assert Path(by_file[0]["first_path"]).name == "coffee.png"  # the same pixels, same vector
 
 

@@ -240,7 +240,7 @@ def test_segment_search_returns_segments_with_their_parent_image(
     rep = ws.build_index("clip", segments=True)
     assert rep.total == 120
     query = next(s for s, k in kind_of.items() if k == 2)
-    hits = ws.search(image=query, k=5, segments=True).to_pylist()
+    hits = ws.search(image=query, k=5, segments=True).to_dict("records")
     assert hits[0]["segment_id"] == query and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert all(kind_of[h["segment_id"]] == 2 for h in hits)  # other objects, not sky
     parents = {

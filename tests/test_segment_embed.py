@@ -278,7 +278,7 @@ def test_tiny_segment_embeddings(
     assert [r.planned for r in ws.run(["segment-embed-clip"])] == [0]  # type: ignore[union-attr]
     # text search over segments goes through the same model's text tower
     assert ws.build_index("clip", segments=True).total == 3 * N_SCENES
-    hits = ws.search(text="a red disk", k=4, segments=True).to_pylist()
+    hits = ws.search(text="a red disk", k=4, segments=True).to_dict("records")
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     paths = {r["image_id"]: r["first_path"] for r in ws.images().to_pylist()}
     assert all(h["path"] == paths[h["image_id"]] for h in hits)

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import duckdb
 import pyarrow as pa
@@ -23,6 +23,9 @@ from exokiratory import __version__
 from exokiratory.config import ConfigError
 from exokiratory.lock import LockHeld
 from exokiratory.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     name="exokiratory",
@@ -300,7 +303,8 @@ def index_build(
         out.print(ws.build_index(space, kind, segments=segments).summary(), soft_wrap=True)
 
 
-def _print_hits(table: pa.Table, fmt: str) -> None:
+def _print_hits(hits: pd.DataFrame, fmt: str) -> None:
+    table = pa.Table.from_pandas(hits, preserve_index=False)
     if fmt == "json":
         sys.stdout.write(json.dumps(table.to_pylist(), default=str, ensure_ascii=False) + "\n")
     else:

@@ -263,8 +263,9 @@ class Workspace:
         space: str = "clip",
         k: int = 10,
         segments: bool = False,
-    ) -> pa.Table:
-        """Nearest images to a text (CLIP only), an image id, or an image file; with paths.
+    ) -> pd.DataFrame:
+        """Nearest images to a text (CLIP only), an image id, or an image file, as a DataFrame:
+        rank, score, image_id, image_idx, first_path.
 
         With ``segments=True``: nearest *segments* (index ``segments-<space>``), queried by a
         text, an image file (its whole-image embedding) or a ``segment_id``; columns rank,
@@ -276,38 +277,26 @@ class Workspace:
             raise ValueError("give exactly one of text= or image=")
         if text is not None and space != "clip":
             raise ValueError("text search needs the clip space (DINOv2 has no text tower)")
-        if segments:
-            return self._search_segments(text, image, space, k)
-        query = self._query_vector(text, image, space)
-        hits = search_vectors(self.storage, space, query, k)
+        query = self._query_vector(text, image, space, segments=segments)
+        hits = search_vectors(self.storage, space, query, k, segments=segments)
+        columns = (
+            "h.segment_id, h.image_id, h.image_idx, i.first_path AS path, s.bbox, s.area_fraction"
+            if segments
+            else "h.image_id, h.image_idx, i.first_path"
+        )
+        segment_join = "LEFT JOIN segments s USING (segment_id)" if segments else ""
         with self.catalog() as cat:
             cat.con.register("_hits", hits)
             try:
-                return cat.query(
-                    "SELECT h.rank, h.score, h.image_id, h.image_idx, i.first_path "
-                    "FROM _hits h JOIN images i USING (image_id) ORDER BY h.query, h.rank"
+                table = cat.query(
+                    f"SELECT h.rank, h.score, {columns} FROM _hits h "
+                    f"JOIN images i USING (image_id) {segment_join} ORDER BY h.query, h.rank"
                 )
             finally:
                 cat.con.unregister("_hits")
+        return table.to_pandas()
 
-    def _search_segments(self, text: str | None, image: str | None, space: str, k: int) -> pa.Table:
-        from exokiratory.indices import search_vectors
-
-        query = self._query_vector(text, image, space, segments=True)
-        hits = search_vectors(self.storage, space, query, k, segments=True)
-        with self.catalog() as cat:
-            cat.con.register("_hits", hits)
-            try:
-                return cat.query(
-                    "SELECT h.rank, h.score, h.segment_id, h.image_id, h.image_idx, "
-                    "i.first_path AS path, s.bbox, s.area_fraction FROM _hits h "
-                    "JOIN images i USING (image_id) LEFT JOIN segments s USING (segment_id) "
-                    "ORDER BY h.query, h.rank"
-                )
-            finally:
-                cat.con.unregister("_hits")
-
-    def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pa.Table:
+    def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pd.DataFrame:
         """Nearest images to a registered image (itself first)."""
         return self.search(image=image_id, space=space, k=k)
 
