@@ -40,9 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -60,6 +58,7 @@ from exokiratory.passes.base import (
     missing_modules,
 )
 from exokiratory.passes.embed import ROUTED_UNITS_SQL, cache_dir_for
+from exokiratory.passes.segment_base import in_threads
 from exokiratory.segments.params import MaskGenerationParams
 
 if TYPE_CHECKING:
@@ -280,20 +279,7 @@ class SegmentMasksPass(Pass):
             except Exception as exc:  # a bad image is a row, never a crash
                 return f"{type(exc).__name__}: {exc}"
 
-        threads = self.seg_params.decode_threads
-        with ThreadPoolExecutor(threads, thread_name_prefix="exo-segment") as pool:
-            pending: deque[tuple[dict[str, Any], Future[np.ndarray | str]]] = deque()
-            it = iter(units)
-            for u in it:
-                pending.append((u, pool.submit(load, u)))
-                if len(pending) >= 2 * threads:
-                    break
-            while pending:
-                u, fut = pending.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(load, nxt)))
-                yield u, fut.result()
+        return in_threads(lambda u: (u, load(u)), units, self.seg_params.decode_threads)
 
 
 def _generation_fields(params: SegmentParams) -> dict[str, Any]:

@@ -16,10 +16,10 @@ import itertools
 import logging
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from exokiratory.catalog import Catalog
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 SEGMENT_UNITS_SQL = """
 SELECT s.segment_id, s.image_id, s.image_idx, s.mask_index, s.mask_height, s.mask_width,
@@ -67,6 +70,24 @@ class ImageSegments:
 def group_by_image(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Consecutive units of the same image (units come ordered by image)."""
     return [list(g) for _, g in itertools.groupby(rows, key=lambda r: r["image_id"])]
+
+
+def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int) -> Iterator[R]:
+    """``fn`` of each item, in order, computed by ``threads`` (>= 1) threads at most
+    ``2 x threads`` items ahead of the consumer (bounded memory); a single item is computed in
+    the caller's thread."""
+    if len(items) < 2:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="exo-seg") as pool:
+        pending = deque(pool.submit(fn, item) for item in items[: 2 * threads])
+        rest = iter(items[2 * threads :])
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(rest, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield done
 
 
 def _error_text(exc: BaseException) -> str:
@@ -127,20 +148,9 @@ class SegmentPass(Pass):
             return self.prepare(image, state)
 
         groups = group_by_image(rows)
-        threads = max(1, self.decode_threads)
-        if threads == 1 or len(groups) < 2:
-            for g in groups:
-                yield task(g)
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix="exo-seg") as pool:
-            pending = deque(pool.submit(task, g) for g in groups[: 2 * threads])
-            rest = iter(groups[2 * threads :])
-            while pending:
-                done = pending.popleft().result()
-                nxt = next(rest, None)
-                if nxt is not None:
-                    pending.append(pool.submit(task, nxt))
-                yield done
+        if self.decode_threads <= 1:
+            return map(task, groups)
+        return in_threads(task, groups, self.decode_threads)
 
     def setup(self, ctx: BatchContext) -> Any:
         """Per-batch state shared by :meth:`prepare` and :meth:`finish` (e.g. a loaded model)."""

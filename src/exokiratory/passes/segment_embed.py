@@ -171,14 +171,12 @@ class SegmentEmbedPass(SegmentPass):
 class ClipSegmentEmbedPass(SegmentEmbedPass):
     name = "segment-embed-clip"
     role = "clip"
-    depends_on = ("segment",)
     description = "PASS 4 CLIP embeddings of masked segment crops"
 
 
 class DinoSegmentEmbedPass(SegmentEmbedPass):
     name = "segment-embed-dino"
     role = "dino"
-    depends_on = ("segment",)
     description = "PASS 4 DINOv2 embeddings of masked segment crops"
 
 
