@@ -173,11 +173,21 @@ def colour_fields(tables: Tables, space: str, ids: list[str]) -> list[ColourFiel
             "stratum",
             f"SELECT f.image_id, {strata[1]} FROM {strata[0]} JOIN _map_ids USING (image_id)",
         )
-    for flag in flag_columns(tables):
-        add(
-            flag,
-            f"SELECT f.image_id, f.{qi(flag)} FROM flags f JOIN _map_ids USING (image_id)",
-        )
+    flags = flag_columns(tables)
+    if flags:  # every flag in one read of the sample's rows
+        tables.cat.con.register("_map_ids", pa.table({"image_id": ids}))
+        try:
+            cols = ", ".join(f"f.{qi(f)}" for f in flags)
+            rows = {
+                str(r[0]): r[1:]
+                for r in tables.cat.rows(
+                    f"SELECT f.image_id, {cols} FROM flags f JOIN _map_ids USING (image_id)"
+                )
+            }
+        finally:
+            tables.cat.con.unregister("_map_ids")
+        for j, flag in enumerate(flags):
+            out.append(ColourField(flag, [_label(rows[i][j] if i in rows else None) for i in ids]))
     add("format", "SELECT i.image_id, i.format FROM images i JOIN _map_ids USING (image_id)")
     return out
 
