@@ -139,10 +139,10 @@ NOTEBOOKS = {
             ),
             (
                 "Search: by text (CLIP) and by image.",
-                "hits = ws.search(text=QUERY, k=5)\nprint(hits.to_pandas())\n"
+                "hits = ws.search(text=QUERY, k=5)\nprint(hits)\n"
                 'first = ws.sql("SELECT image_id FROM embeddings_dino WHERE error IS NULL LIMIT 1")'
                 '["image_id"][0].as_py()\n'
-                'ws.similar(first, space="dino", k=5).to_pandas()',
+                'ws.similar(first, space="dino", k=5)',
             ),
         ],
     ),
