@@ -17,10 +17,10 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from exokiratory.storage import Storage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def missing_modules(modules: Sequence[str], extra: str) -> str | None:
@@ -46,6 +49,46 @@ def missing_modules(modules: Sequence[str], extra: str) -> str | None:
 
 #: what a model pass imports (``missing_modules(MODEL_MODULES, "ml")``)
 MODEL_MODULES: tuple[str, ...] = ("torch", "transformers")
+
+
+def ordered_results(
+    submit: Callable[[T], Future[R]],
+    items: Iterable[T],
+    ahead: int,
+    on_all_submitted: Callable[[], None] | None = None,
+) -> Iterator[R]:
+    """The results of ``submit(item)`` for each item, in order, with at most ``ahead`` submitted
+    and not yet consumed (bounded memory, unlike ``Executor.map``); ``on_all_submitted`` runs
+    once the last item is submitted (to queue follow-up work behind it)."""
+    pending: deque[Future[R]] = deque()
+    it = iter(items)
+    done_submitting = False
+    while True:
+        while not done_submitting and len(pending) < ahead:
+            item = next(it, _END)
+            if item is _END:
+                done_submitting = True
+                if on_all_submitted is not None:
+                    on_all_submitted()
+                break
+            pending.append(submit(item))  # type: ignore[arg-type]
+        if not pending:
+            return
+        yield pending.popleft().result()
+
+
+_END = object()
+
+
+def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int) -> Iterator[R]:
+    """``fn`` of each item, in order, computed by ``threads`` (>= 1) threads at most
+    ``2 x threads`` items ahead of the consumer; a single item is computed in the caller's
+    thread."""
+    if len(items) < 2:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="exo-read") as pool:
+        yield from ordered_results(lambda item: pool.submit(fn, item), items, 2 * threads)
 
 
 class PassSetupError(RuntimeError):
@@ -261,19 +304,7 @@ class ImagePass(Pass):
             for u in units:
                 yield u, read(u)
             return
-        with ThreadPoolExecutor(self.prefetch, thread_name_prefix="exo-read") as pool:
-            pending: deque[tuple[dict[str, Any], Future[bytes | BaseException]]] = deque()
-            it = iter(units)
-            for u in it:
-                pending.append((u, pool.submit(read, u)))
-                if len(pending) > self.prefetch:
-                    break
-            while pending:
-                u, fut = pending.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(read, nxt)))
-                yield u, fut.result()
+        yield from zip(units, in_threads(read, units, self.prefetch), strict=True)
 
 
 class Derivation(ABC):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from exokiratory.passes.base import (
     PassParams,
     PassSetupError,
     missing_modules,
+    ordered_results,
 )
 
 if TYPE_CHECKING:
@@ -338,23 +338,14 @@ class ReadAhead:
         upcoming: Sequence[dict[str, Any]] | None = None,
     ) -> Iterator[R]:
         stale, self.early = self.early, {}
-        queue: deque[Future[R]] = deque()
-        it = iter(units)
-        for unit in it:
-            queue.append(self._submit_from(stale, fn, unit))
-            if len(queue) >= ahead:
-                break
-        exhausted = False
-        while queue:
-            done = queue.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append(self._submit_from(stale, fn, nxt))
-            elif not exhausted:
-                exhausted = True
-                for unit in (upcoming or [])[:ahead]:
-                    self.early[unit["image_id"]] = self.pool.submit(fn, unit)
-            yield done
+
+        def queue_upcoming() -> None:
+            for unit in (upcoming or [])[:ahead]:
+                self.early[unit["image_id"]] = self.pool.submit(fn, unit)
+
+        return ordered_results(
+            lambda unit: self._submit_from(stale, fn, unit), units, ahead, queue_upcoming
+        )
 
     def _submit_from(
         self,

@@ -55,10 +55,10 @@ from exokiratory.passes.base import (
     Pass,
     PassParams,
     PassSetupError,
+    in_threads,
     missing_modules,
 )
 from exokiratory.passes.embed import ROUTED_UNITS_SQL, cache_dir_for
-from exokiratory.passes.segment_base import in_threads
 from exokiratory.segments.params import MaskGenerationParams
 
 if TYPE_CHECKING:

@@ -15,16 +15,14 @@ from __future__ import annotations
 import itertools
 import logging
 from abc import abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from exokiratory.passes.base import BatchContext, Pass
+from exokiratory.passes.base import BatchContext, Pass, in_threads
 from exokiratory.segments import crops
 from exokiratory.segments.rle import decode_rle_batch
 
@@ -70,24 +68,6 @@ class ImageSegments:
 def group_by_image(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Consecutive units of the same image (units come ordered by image)."""
     return [list(g) for _, g in itertools.groupby(rows, key=lambda r: r["image_id"])]
-
-
-def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int) -> Iterator[R]:
-    """``fn`` of each item, in order, computed by ``threads`` (>= 1) threads at most
-    ``2 x threads`` items ahead of the consumer (bounded memory); a single item is computed in
-    the caller's thread."""
-    if len(items) < 2:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="exo-seg") as pool:
-        pending = deque(pool.submit(fn, item) for item in items[: 2 * threads])
-        rest = iter(items[2 * threads :])
-        while pending:
-            done = pending.popleft().result()
-            nxt = next(rest, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield done
 
 
 def _error_text(exc: BaseException) -> str:
