@@ -75,10 +75,9 @@ def load_vectors(tables: Tables, view: str, ids: list[str]) -> tuple[list[str], 
         tables.cat.con.unregister("_map_ids")
     if t.num_rows == 0:
         return [], np.zeros((0, 0), np.float32)
-    col = t.column("embedding").combine_chunks()
-    dim = len(col[0].as_py())
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return t.column("image_id").to_pylist(), flat.reshape(-1, dim)
+    from exokiratory.indices import embedding_matrix
+
+    return t.column("image_id").to_pylist(), embedding_matrix(t.column("embedding"))
 
 
 def project(x: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
