@@ -86,7 +86,7 @@ def build_labelled(root: Path, with_lfw: bool = True) -> list[Labelled]:
     import skimage
     import sklearn
 
-    from exokiratory.demo_data import build_demo_collection
+    from exokiratory.demo.data import build_demo_collection
 
     items: list[Labelled] = []
     demo = root / "demo"

@@ -63,7 +63,7 @@ def load(folder: Path):  # type: ignore[no-untyped-def]
 
 
 def time_decode(files: list[Path], embedder) -> tuple[float, list[np.ndarray]]:  # type: ignore[no-untyped-def]
-    from exokiratory.passes.embed import InputSpec, model_input
+    from exokiratory.passes.embed.step import InputSpec, model_input
 
     spec = InputSpec(embedder.preprocessing, embedder.image_size, 10**9)
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from exokiratory import Workspace
-    from exokiratory.config import render_config
+    from exokiratory.core.config import render_config
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

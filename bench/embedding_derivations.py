@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from exokiratory.clustering import hierarchical_kmeans, level_sizes
-from exokiratory.embedding_flags import candidate_pairs, knn_distance
-from exokiratory.passes.clusters import ClusterParams
+from exokiratory.passes.clusters.step import ClusterParams
+from exokiratory.passes.flags.embedding import candidate_pairs, knn_distance
+from exokiratory.search.clustering import hierarchical_kmeans, level_sizes
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from exokiratory.sense.hashes import hamming
+from exokiratory.passes.sense.hashes import hamming
 
 os.environ["EXOKIRATORY_PROGRESS"] = "0"
 os.environ["TQDM_DISABLE"] = "1"  # cleanvision's progress bars ignore verbose=False

@@ -12,7 +12,7 @@ import time
 import faiss
 import numpy as np
 
-from exokiratory.indices import HNSW_EF_SEARCH, _new_index
+from exokiratory.search.indices import HNSW_EF_SEARCH, _new_index
 
 
 def main() -> None:

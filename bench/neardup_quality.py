@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from exokiratory.neardup import Clause, find_near_duplicates
-from exokiratory.sense.hashes import HASH_COLUMNS, compute_hashes, hamming
+from exokiratory.passes.flags.neardup import Clause, find_near_duplicates
+from exokiratory.passes.sense.hashes import HASH_COLUMNS, compute_hashes, hamming
 
 SITE = Path(np.__file__).resolve().parents[1]
 SKI = SITE / "skimage" / "data"
@@ -203,7 +203,7 @@ def build_collection(root: Path) -> dict[str, tuple[str, str]]:
 def working_rgb(path: Path) -> np.ndarray:
     """Working image via the pipeline decoder if available, else an equivalent."""
     try:
-        decode = importlib.import_module("exokiratory.sense.decode")
+        decode = importlib.import_module("exokiratory.core.decode")
         return np.asarray(decode.load_working_image(path).rgb)
     except (ImportError, AttributeError):
         im = _load(path)

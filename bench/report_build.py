@@ -30,9 +30,9 @@ import pyarrow as pa
 from _collection import build_collection
 
 from exokiratory import Workspace
-from exokiratory.catalog import Catalog
-from exokiratory.config import RunConfig, render_config
-from exokiratory.dataset import PartDataset
+from exokiratory.core.catalog import Catalog
+from exokiratory.core.config import RunConfig, render_config
+from exokiratory.core.dataset import PartDataset
 from exokiratory.passes import get_pass
 from exokiratory.report.histograms import gather_histograms
 from exokiratory.report.tables import Tables

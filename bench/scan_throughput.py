@@ -27,7 +27,7 @@ os.environ.setdefault("EXOKIRATORY_PROGRESS", "0")
 from _collection import build_collection
 
 from exokiratory import Workspace
-from exokiratory.config import ScanConfig
+from exokiratory.core.config import ScanConfig
 
 
 def all_files(root: Path) -> list[str]:

@@ -23,10 +23,10 @@ from _collection import real_photo_paths
 from PIL import Image
 
 from exokiratory import Workspace
-from exokiratory.config import RunConfig
-from exokiratory.dataset import PartDataset
-from exokiratory.segments import crops
-from exokiratory.segments.rle import encode_rle_batch
+from exokiratory.core.config import RunConfig
+from exokiratory.core.dataset import PartDataset
+from exokiratory.passes.segment.rle import encode_rle_batch
+from exokiratory.passes.segment_embed import crops
 
 
 def _cells(h: int, w: int, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -41,10 +41,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from exokiratory.models.registry import resolve
 from exokiratory.models.sam import load_segmenter
-from exokiratory.segments import amg
-from exokiratory.segments.geometry import measure
-from exokiratory.segments.params import MaskGenerationParams
-from exokiratory.segments.rle import encode_rle_batch
+from exokiratory.passes.segment import amg
+from exokiratory.passes.segment.geometry import measure
+from exokiratory.passes.segment.params import MaskGenerationParams
+from exokiratory.passes.segment.rle import encode_rle_batch
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg")
 

@@ -4,7 +4,7 @@ Collection (bench/_labelled.py): scikit-image / scikit-learn photos (photo), Deb
 manuals rendered with pdftoppm plus the demo's rendered pages (scan), the demo's generated
 graphics (graphic), scikit-image's lfw_subset face / non-face crops (faces only). It runs the
 real pipeline (scan, sense, cues, flags) in a temporary workspace, then evaluates the rules of
-:mod:`exokiratory.semantic_flags` on the stored inputs twice: PASS 1 alone, and PASS 1 + the
+:mod:`exokiratory.passes.flags.semantic` on the stored inputs twice: PASS 1 alone, and PASS 1 + the
 detector cues (the flags table must equal the second). Zero-shot CLIP cannot be measured here
 (no real weights offline): only the PASS 1 + detector part is.
 
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _labelled import Labelled, build_labelled
 
 from exokiratory import Workspace
-from exokiratory.flags import FlagsParams
-from exokiratory.semantic_flags import (
+from exokiratory.passes.flags.rules import FlagsParams
+from exokiratory.passes.flags.semantic import (
     PASS1_COLUMNS,
     align_inputs,
     semantic_flag_columns,

@@ -27,7 +27,7 @@ os.environ.setdefault("EXOKIRATORY_PROGRESS", "0")
 from _collection import build_camera_collection, build_collection
 
 from exokiratory import Workspace
-from exokiratory.sense.decode import WORKING_SIZE, load_working_image
+from exokiratory.core.decode import WORKING_SIZE, load_working_image
 
 
 def _decode_one(path: str) -> int:

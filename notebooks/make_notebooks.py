@@ -31,7 +31,7 @@ if importlib.util.find_spec("exokiratory") is None:  # a fresh Colab kernel: ins
     spec = os.environ.get("EXOKIRATORY_PIP", "exokiratory[ml,report]")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
-from exokiratory.colab import setup
+from exokiratory.api.colab import setup
 
 ROOT = None     # workspace folder; None: $EXOKIRATORY_WORKSPACE, on Colab /content/drive/MyDrive/exokiratory
 SOURCES = None  # image folders for a new workspace; None: $EXOKIRATORY_SOURCES, on Colab .../MyDrive/photos
@@ -156,7 +156,7 @@ NOTEBOOKS = {
         [
             (
                 "PASS 3: segments (writes `segments/masks/`; the slowest pass, a GPU helps).",
-                "from exokiratory.colab import configure\n"
+                "from exokiratory.api.colab import configure\n"
                 "from exokiratory.passes import pass_names\n\n"
                 'if "segment" not in pass_names():\n'
                 '    print("this version of exokiratory has no segment pass")\n'
@@ -202,7 +202,7 @@ NOTEBOOKS = {
             ),
             (
                 "On Colab, download it (or open it from Drive).",
-                "from exokiratory.colab import in_colab\n\n"
+                "from exokiratory.api.colab import in_colab\n\n"
                 "if in_colab():\n"
                 "    from google.colab import files\n\n"
                 "    files.download(result.local_path)\n"

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from exokiratory import Workspace
-from exokiratory.dataset import PartDataset
-from exokiratory.segments.rle import encode_rle
+from exokiratory.core.dataset import PartDataset
+from exokiratory.passes.segment.rle import encode_rle
 
 WIDTH, HEIGHT = 96, 72
 KINDS = ("sky", "ground", "object")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exokiratory.cli import app
+from exokiratory.api.cli import app
 
 runner = CliRunner()
 
@@ -57,11 +57,11 @@ def test_init_scan_run_status_sql(tmp_path: Path, photos: Path) -> None:
 
 
 def test_errors_are_clear(tmp_path: Path) -> None:
-    from exokiratory import cli
+    from exokiratory.api import cli
 
     with pytest.raises(cli.CliError, match="no workspace given"):
         invoke("scan", env={"EXOKIRATORY_WORKSPACE": ""})
-    from exokiratory.config import ConfigError
+    from exokiratory.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="not an exokiratory workspace"):
         invoke("status", "-w", str(tmp_path))

@@ -19,15 +19,15 @@ pytest.importorskip("sklearn")
 from sklearn.metrics import adjusted_rand_score
 
 from exokiratory import Workspace
-from exokiratory.clustering import (
+from exokiratory.core.config import render_config
+from exokiratory.core.dataset import PartDataset
+from exokiratory.search.clustering import (
     choose_k,
     exemplars,
     hierarchical_kmeans,
     level_sizes,
     spherical_kmeans,
 )
-from exokiratory.config import render_config
-from exokiratory.dataset import PartDataset
 
 N_CLUSTERS = 4
 PER_CLUSTER = 15

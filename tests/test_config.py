@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.config import ConfigError, Source, WorkspaceConfig, parse_config, render_config
-from exokiratory.layout import CONFIG_FILE, DIRECTORIES
+from exokiratory.core.config import (
+    ConfigError,
+    Source,
+    WorkspaceConfig,
+    parse_config,
+    render_config,
+)
+from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES
 
 
 def test_render_round_trips_with_odd_source_names() -> None:

@@ -23,7 +23,7 @@ from corpus import (
 )
 from PIL import Image, ImageOps
 
-from exokiratory.demo_data import (
+from exokiratory.demo.data import (
     DEMO_EXTRA_HINT,
     UNICODE_FOLDER,
     DemoItem,

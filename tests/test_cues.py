@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("rapidocr")
 
 from exokiratory import Workspace
-from exokiratory.cues import faces, text
-from exokiratory.passes.cues import CuesPass
-from exokiratory.sense.decode import load_working_image
+from exokiratory.core.decode import load_working_image
+from exokiratory.passes.cues import faces, text
+from exokiratory.passes.cues.step import CuesPass
 
 from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
@@ -128,7 +128,7 @@ def test_flags_use_the_cues(ws: Workspace) -> None:
 def test_in_run_all_only_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     p = CuesPass()
     assert p.missing_requirement() is None and p.in_all(False)
-    import exokiratory.cues as cues_pkg
+    import exokiratory.passes.cues as cues_pkg
 
     monkeypatch.setattr(cues_pkg, "CUES_REQUIREMENTS", ("cv2", "no_such_detector_module"))
     assert "exokiratory[cues]" in (p.missing_requirement() or "")

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from exokiratory import Workspace
-from exokiratory.config import render_config
+from exokiratory.core.config import render_config
 
 from .conftest import skimage_data_dir
 
@@ -153,7 +153,7 @@ def test_ray_runs_model_passes_on_long_lived_actors(ws: Workspace) -> None:
 def test_embed_alias_and_all_images_flag_then_models_are_released(ws: Workspace) -> None:
     from typer.testing import CliRunner
 
-    from exokiratory.cli import app
+    from exokiratory.api.cli import app
     from exokiratory.models import vision
 
     ok = {
@@ -173,7 +173,7 @@ def test_embed_alias_and_all_images_flag_then_models_are_released(ws: Workspace)
 def test_read_ahead_runs_into_the_next_batch_without_decoding_twice() -> None:
     import threading
 
-    from exokiratory.passes.embed import ReadAhead
+    from exokiratory.passes.embed.step import ReadAhead
 
     calls: list[str] = []
     lock = threading.Lock()

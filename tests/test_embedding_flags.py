@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("faiss")
 
-from exokiratory.config import render_config
-from exokiratory.embedding_flags import (
+from exokiratory.core.config import render_config
+from exokiratory.passes.flags.embedding import (
     SpaceVectors,
     candidate_pairs,
     high_side_robust_z,

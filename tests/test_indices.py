@@ -15,9 +15,9 @@ pytest.importorskip("faiss")
 from typer.testing import CliRunner
 
 from exokiratory import Workspace
-from exokiratory.cli import app
-from exokiratory.config import render_config
-from exokiratory.indices import choose_kind, search_vectors
+from exokiratory.api.cli import app
+from exokiratory.core.config import render_config
+from exokiratory.search.indices import choose_kind, search_vectors
 
 from .conftest import NATURAL_PHOTOS, skimage_data_dir
 

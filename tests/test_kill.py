@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.config import RunConfig, ScanConfig
-from exokiratory.dataset import PartDataset
-from exokiratory.layout import IMAGES
+from exokiratory.core.config import RunConfig, ScanConfig
+from exokiratory.core.dataset import PartDataset
+from exokiratory.core.layout import IMAGES
 
 from .conftest import table_rows
 from .corpus import make_synthetic_collection

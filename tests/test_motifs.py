@@ -16,10 +16,8 @@ pytest.importorskip("faiss")
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 
 from exokiratory import Workspace
-from exokiratory.clustering import KMeansResult
-from exokiratory.dataset import PartDataset
-from exokiratory.indices import segment_int_id
-from exokiratory.motifs import (
+from exokiratory.core.dataset import PartDataset
+from exokiratory.passes.motifs.scores import (
     MotifsParams,
     SegmentSet,
     find_motifs,
@@ -27,6 +25,8 @@ from exokiratory.motifs import (
     robust_outlier_scores,
     score_motifs,
 )
+from exokiratory.search.clustering import KMeansResult
+from exokiratory.search.indices import segment_int_id
 
 from .segment_data import install_segments, write_scenes
 
@@ -265,7 +265,7 @@ def test_segment_search_cli_json(motif_ws: tuple[Workspace, dict[str, int]]) -> 
 
     from typer.testing import CliRunner
 
-    from exokiratory.cli import app
+    from exokiratory.api.cli import app
 
     ws, kind_of = motif_ws
     runner = CliRunner()

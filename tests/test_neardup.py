@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from exokiratory.neardup import (
+from exokiratory.passes.flags.neardup import (
     Clause,
     connected_components,
     find_near_duplicates,
     find_pairs,
     mih_pairs,
 )
-from exokiratory.sense.hashes import (
+from exokiratory.passes.sense.hashes import (
     HASH_COLUMNS,
     _popcount_fallback,
     compute_hashes,
@@ -245,7 +245,7 @@ def test_hashes_accept_grey_and_tiny_images() -> None:
 
 def test_trim_borders_keeps_low_contrast_images_whole() -> None:
     """A washed-out photo is not a letterbox: trimming must not crop it to a sliver."""
-    from exokiratory.sense.hashes import trim_borders
+    from exokiratory.passes.sense.hashes import trim_borders
 
     rng = np.random.default_rng(0)
     content = rng.uniform(0, 255, (170, 256)).astype(np.float32)

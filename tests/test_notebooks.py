@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.config import RunConfig
+from exokiratory.core.config import RunConfig
 
 from .conftest import skimage_data_dir
 
@@ -94,7 +94,7 @@ def test_notebooks_run_in_order_and_resume(tmp_path: Path, monkeypatch: pytest.M
 def test_setup_creates_then_opens_and_names_what_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exokiratory.colab import in_colab, setup
+    from exokiratory.api.colab import in_colab, setup
 
     for var in ("EXOKIRATORY_WORKSPACE", "EXOKIRATORY_SOURCES", "EXOKIRATORY_MODELS"):
         monkeypatch.delenv(var, raising=False)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from exokiratory import Workspace
-from exokiratory.layout import CONFIG_FILE
+from exokiratory.core.layout import CONFIG_FILE
 
 from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
@@ -123,7 +123,7 @@ def test_changing_a_threshold_rederives_without_recomputing_features(ws: Workspa
 
 
 def test_sense_params_write_a_new_version(ws: Workspace) -> None:
-    from exokiratory.passes.sense import SensePass
+    from exokiratory.passes.sense.step import SensePass
 
     assert SensePass().output_rel == "features/global/v1"
     other = SensePass({"working_size": 128})
@@ -172,7 +172,7 @@ def test_large_collections_cap_near_duplicate_thresholds(caplog: pytest.LogCaptu
     import numpy as np
     import pyarrow as pa
 
-    from exokiratory.flags import FlagsParams, near_duplicates
+    from exokiratory.passes.flags.rules import FlagsParams, near_duplicates
 
     base = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
     flip10 = np.uint64((1 << 10) - 1)  # a copy 10 bits away in every hash

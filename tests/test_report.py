@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageEnhance, ImageFilter
 
 from exokiratory import Workspace
-from exokiratory.config import render_config
+from exokiratory.core.config import render_config
 from exokiratory.report.stopping import AMI_MAX_CELLS, compare
 from exokiratory.report.thumbs import WANTS_SCHEMA, ThumbParams, ThumbStore, image_wants
 
@@ -221,7 +221,7 @@ def test_fresh_workspace_says_what_to_run(tmp_path: Path) -> None:
 def test_cli_report_and_bad_name(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from exokiratory.cli import app, main
+    from exokiratory.api.cli import app, main
 
     ws = _workspace(tmp_path, embed=False)
     r = CliRunner().invoke(app, ["report", "-w", ws.storage.url, "--name", "scan-only"])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 
-from exokiratory.segments.rle import (
+from exokiratory.passes.segment.rle import (
     decode_rle,
     decode_rle_batch,
     encode_rle,

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.catalog import Catalog
-from exokiratory.dataset import PartDataset
-from exokiratory.passes.base import BatchContext, ImagePass
-from exokiratory.runner.batch import OutputContractError, compute_batch
-from exokiratory.runner.executors import LocalExecutor
-from exokiratory.runner.planner import plan
-from exokiratory.runner.run import run_pass
+from exokiratory.core.catalog import Catalog
+from exokiratory.core.dataset import PartDataset
+from exokiratory.engine.batch import OutputContractError, compute_batch
+from exokiratory.engine.executors import LocalExecutor
+from exokiratory.engine.planner import plan
+from exokiratory.engine.run import run_pass
+from exokiratory.engine.step import BatchContext, ImagePass
 
 
 class FlakyPass(ImagePass):

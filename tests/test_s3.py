@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.config import Source
+from exokiratory.core.config import Source
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")

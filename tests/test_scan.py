@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.layout import SCAN_LOCK
-from exokiratory.lock import LeaseLock, LockHeld
-from exokiratory.manifest import scan as scan_mod
+from exokiratory.core.layout import SCAN_LOCK
+from exokiratory.core.lock import LeaseLock, LockHeld
+from exokiratory.passes.scan import scanner as scan_mod
 
 from .conftest import table_rows
 

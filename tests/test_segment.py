@@ -21,14 +21,14 @@ pytest.importorskip("transformers")
 from PIL import Image
 
 from exokiratory import Workspace
-from exokiratory.config import RunConfig, render_config
-from exokiratory.dataset import PartDataset
+from exokiratory.core.config import RunConfig, render_config
+from exokiratory.core.dataset import PartDataset
 from exokiratory.models.registry import resolve
 from exokiratory.models.sam import SamInputGeometry, load_segmenter
 from exokiratory.passes import get_pass
-from exokiratory.segments import amg
-from exokiratory.segments.params import MaskGenerationParams
-from exokiratory.segments.rle import decode_rle
+from exokiratory.passes.segment import amg
+from exokiratory.passes.segment.params import MaskGenerationParams
+from exokiratory.passes.segment.rle import decode_rle
 
 from .conftest import skimage_data_dir, table_rows
 

@@ -13,11 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exokiratory import Workspace
-from exokiratory.config import RunConfig
-from exokiratory.dataset import PartDataset
-from exokiratory.segments import crops
-from exokiratory.segments.crops import crop_box, decode_at_mask_size, masked_crop, mean_fill
-from exokiratory.segments.stats import ImageStats, lbp_codes
+from exokiratory.core.config import RunConfig
+from exokiratory.core.dataset import PartDataset
+from exokiratory.passes.segment_embed import crops
+from exokiratory.passes.segment_embed.crops import (
+    crop_box,
+    decode_at_mask_size,
+    masked_crop,
+    mean_fill,
+)
+from exokiratory.passes.segment_embed.stats import ImageStats, lbp_codes
 
 from .conftest import skimage_data_dir, table_rows
 from .segment_data import HEIGHT, WIDTH, install_segments, write_scenes
@@ -181,7 +186,7 @@ def test_images_split_across_batches_are_decoded_once_per_batch(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    from exokiratory.passes.segment_embed import SegmentStatsPass
+    from exokiratory.passes.segment_embed.step import SegmentStatsPass
 
     ws, _ = seg_ws
     calls: list[int] = []

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 
-from exokiratory.segments.geometry import convex_hull, measure
-from exokiratory.segments.rle import encode_rle
+from exokiratory.passes.segment.geometry import convex_hull, measure
+from exokiratory.passes.segment.rle import encode_rle
 
 H, W = 120, 160
 

@@ -8,9 +8,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exokiratory.catalog import fetch_arrow
-from exokiratory.flags import FLAGS_SCHEMA, FlagsParams
-from exokiratory.semantic_flags import (
+from exokiratory.core.catalog import fetch_arrow
+from exokiratory.passes.flags.rules import FLAGS_SCHEMA, FlagsParams
+from exokiratory.passes.flags.semantic import (
     CUE_COLUMNS,
     SEMANTIC_FIELDS,
     ZEROSHOT_COLUMNS,

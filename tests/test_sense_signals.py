@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from exokiratory.sense.decode import (
+from exokiratory.core.decode import (
     WORKING_SIZE,
     DecodedImage,
     DecodeError,
     ImageTooLarge,
     load_working_image,
 )
-from exokiratory.sense.signals import SIGNALS_SCHEMA, compute_signals
+from exokiratory.passes.sense.signals import SIGNALS_SCHEMA, compute_signals
 
 from .conftest import NATURAL_PHOTOS
 

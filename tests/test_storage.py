@@ -6,8 +6,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from exokiratory.dataset import PartDataset
-from exokiratory.storage import TMP_PREFIX, Storage
+from exokiratory.core.dataset import PartDataset
+from exokiratory.core.storage import TMP_PREFIX, Storage
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from exokiratory import Workspace
-from exokiratory.config import render_config
-from exokiratory.prompts import (
+from exokiratory.core.config import render_config
+from exokiratory.core.prompts import (
     REGISTRY_FILE,
     PromptRegistryError,
     default_registry_text,
@@ -110,7 +110,7 @@ def test_init_writes_the_registry_and_never_overwrites_it(tmp_path) -> None:  # 
 
 
 def test_class_vectors_softmax_per_group() -> None:
-    from exokiratory.passes.zeroshot import ClassVectors
+    from exokiratory.passes.zeroshot.step import ClassVectors
 
     pset = parse_registry(
         GOOD.replace(

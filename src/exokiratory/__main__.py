@@ -1,3 +1,3 @@
-from exokiratory.cli import main
+from exokiratory.api.cli import main
 
 main()

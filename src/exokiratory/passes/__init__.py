@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from exokiratory.passes.base import BatchContext, Derivation, ImagePass, Pass, PassParams
-from exokiratory.passes.clusters import ClipClustersDerivation, DinoClustersDerivation
-from exokiratory.passes.cues import CuesPass
-from exokiratory.passes.embed import ClipEmbedPass, DinoEmbedPass
-from exokiratory.passes.flags import FlagsDerivation
-from exokiratory.passes.motifs import MotifsDerivation
-from exokiratory.passes.probe import ProbePass
-from exokiratory.passes.segment import SegmentMasksPass
-from exokiratory.passes.segment_embed import (
+from exokiratory.engine.step import BatchContext, Derivation, ImagePass, Pass, PassParams
+from exokiratory.passes.clusters.step import ClipClustersDerivation, DinoClustersDerivation
+from exokiratory.passes.cues.step import CuesPass
+from exokiratory.passes.embed.step import ClipEmbedPass, DinoEmbedPass
+from exokiratory.passes.flags.step import FlagsDerivation
+from exokiratory.passes.motifs.step import MotifsDerivation
+from exokiratory.passes.probe.step import ProbePass
+from exokiratory.passes.segment.step import SegmentMasksPass
+from exokiratory.passes.segment_embed.step import (
     ClipSegmentEmbedPass,
     DinoSegmentEmbedPass,
     SegmentStatsPass,
 )
-from exokiratory.passes.sense import SensePass
-from exokiratory.passes.zeroshot import ZeroShotDerivation
+from exokiratory.passes.sense.step import SensePass
+from exokiratory.passes.zeroshot.step import ZeroShotDerivation
 
 Step = Pass | Derivation
 

@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exokiratory.config import default_workers
-from exokiratory.progress import progress_bar
+from exokiratory.api.status import workspace_status
+from exokiratory.core.config import default_workers
+from exokiratory.core.progress import progress_bar
 from exokiratory.report import galleries as gal
 from exokiratory.report.histograms import flag_params, gather_histograms
 from exokiratory.report.maps import gather_maps
@@ -19,11 +20,10 @@ from exokiratory.report.render import ReportData, render
 from exokiratory.report.stopping import gather_stop_panel
 from exokiratory.report.tables import Tables
 from exokiratory.report.thumbs import ThumbParams, ThumbStore
-from exokiratory.status import workspace_status
 
 if TYPE_CHECKING:
+    from exokiratory.api.workspace import Workspace
     from exokiratory.passes import Step
-    from exokiratory.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

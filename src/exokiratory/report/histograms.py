@@ -86,7 +86,7 @@ SKIP_COLUMNS = {"image_idx", "phash", "dhash", "phash_center", "exif_orientation
 
 def flag_params(tables: Tables, config_params: dict[str, Any] | None) -> dict[str, Any]:
     """The thresholds that made the current flags (recorded in every row), else the config's."""
-    from exokiratory.flags import FlagsParams
+    from exokiratory.passes.flags.rules import FlagsParams
 
     if tables.has("flags", "flags_params") and tables.nonempty("flags"):
         text = tables.cat.scalar("SELECT any_value(flags_params) FROM flags")

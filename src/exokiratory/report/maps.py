@@ -75,7 +75,7 @@ def load_vectors(tables: Tables, view: str, ids: list[str]) -> tuple[list[str], 
         tables.cat.con.unregister("_map_ids")
     if t.num_rows == 0:
         return [], np.zeros((0, 0), np.float32)
-    from exokiratory.indices import embedding_matrix
+    from exokiratory.search.indices import embedding_matrix
 
     return t.column("image_id").to_pylist(), embedding_matrix(t.column("embedding"))
 

@@ -4,7 +4,7 @@ Three families, each computed from the stored tables:
 
 * **Agreement between spaces**: for every clustering level present for both CLIP and DINO, the
   adjusted Rand index (ARI) and adjusted mutual information (AMI) between the two partitions of
-  the images clustered in both (:func:`exokiratory.status.cluster_agreement`). Two spaces that
+  the images clustered in both (:func:`exokiratory.api.status.cluster_agreement`). Two spaces that
   agree more and more mean the structure is real; agreement that stops moving means more passes
   will not change it.
 * **Change between runs**: every report build keeps a *snapshot* of the structure in
@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from exokiratory.passes.clusters import agreement
+from exokiratory.core.storage import Storage
+from exokiratory.passes.clusters.step import agreement
 from exokiratory.report.galleries import cluster_levels
 from exokiratory.report.tables import Tables
-from exokiratory.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ AMI_MAX_CELLS = 40_000
 
 # -- partition comparison --------------------------------------------------------------------
 def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """ARI and AMI (:func:`exokiratory.passes.clusters.agreement`) and NMI (arithmetic mean) of
+    """ARI and AMI (:func:`exokiratory.passes.clusters.step.agreement`) and NMI (arithmetic mean) of
     two labelings of the same items; AMI is None when the contingency table is too large for
     it to be quick."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from exokiratory.catalog import Catalog
+from exokiratory.core.catalog import Catalog
 
 T = TypeVar("T")
 

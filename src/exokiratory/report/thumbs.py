@@ -30,12 +30,12 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from exokiratory.passes.base import IMAGE_UNITS_SQL, BatchContext, ImagePass, PassParams
-from exokiratory.sense.decode import load_working_image
+from exokiratory.core.decode import load_working_image
+from exokiratory.engine.step import IMAGE_UNITS_SQL, BatchContext, ImagePass, PassParams
 
 if TYPE_CHECKING:
-    from exokiratory.catalog import Catalog
-    from exokiratory.storage import Storage
+    from exokiratory.core.catalog import Catalog
+    from exokiratory.core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,9 @@ class ThumbStore:
     ) -> int:
         """Make the thumbnails of ``wants`` (``WANTS_SCHEMA``) not stored yet; returns how many
         were made."""
-        from exokiratory.catalog import Catalog
-        from exokiratory.runner.executors import make_executor
-        from exokiratory.runner.run import run_pass
+        from exokiratory.core.catalog import Catalog
+        from exokiratory.engine.executors import make_executor
+        from exokiratory.engine.run import run_pass
 
         wants = _unique(wants)
         if wants.num_rows == 0:
@@ -201,7 +201,7 @@ class ThumbStore:
 
     def read(self, thumb_ids: list[str]) -> dict[str, Thumb]:
         """Stored thumbnails by id (ids without one are absent)."""
-        from exokiratory.catalog import Catalog
+        from exokiratory.core.catalog import Catalog
 
         if not thumb_ids:
             return {}

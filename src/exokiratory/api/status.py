@@ -1,0 +1,197 @@
+"""``status``: what is done, wanted and failed, read from the outputs and the jobs log only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exokiratory.core.catalog import Catalog
+from exokiratory.engine.step import Derivation, Pass
+
+
+@dataclass
+class PassStatus:
+    name: str
+    version: str
+    wanted: int
+    done: int
+    failed: int
+    last_run: str | None
+    recent_errors: list[tuple[str, str]] = field(default_factory=list)
+    failed_batches: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.wanted - self.done - self.failed)
+
+
+@dataclass
+class DerivedStatus:
+    name: str
+    version: str
+    rows: int
+    up_to_date: bool
+    last_run: str | None
+    summary: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class WorkspaceStatus:
+    workspace: str
+    images_by_status: dict[str, int]
+    paths_by_status: dict[str, int]
+    exact_duplicate_paths: int
+    last_scan: str | None
+    passes: list[PassStatus]
+    derived: list[DerivedStatus] = field(default_factory=list)
+    #: CLIP-vs-DINO cluster agreement per level (see :func:`cluster_agreement`)
+    cluster_agreement: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "images_by_status": self.images_by_status,
+            "paths_by_status": self.paths_by_status,
+            "exact_duplicate_paths": self.exact_duplicate_paths,
+            "last_scan": self.last_scan,
+            "passes": [
+                {
+                    **p.__dict__,
+                    "remaining": p.remaining,
+                    "recent_errors": [list(e) for e in p.recent_errors],
+                }
+                for p in self.passes
+            ],
+            "derived": [d.__dict__ for d in self.derived],
+            "cluster_agreement": self.cluster_agreement,
+        }
+
+
+def _counts(cat: Catalog, sql: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in cat.rows(sql)}
+
+
+def workspace_status(
+    cat: Catalog, passes: list[Pass | Derivation], n_errors: int = 5
+) -> WorkspaceStatus:
+    images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
+    paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
+    dup_paths = int(
+        cat.scalar("SELECT count(*) - count(DISTINCT image_id) FROM paths WHERE status = 'image'")
+        or 0
+    )
+    last_scan = _last_run(cat, "scan")
+    out = [_pass_status(cat, p, n_errors) for p in passes if isinstance(p, Pass)]
+    derived = [_derived_status(cat, d) for d in passes if isinstance(d, Derivation)]
+    return WorkspaceStatus(
+        cat.storage.url,
+        images,
+        paths,
+        dup_paths,
+        last_scan,
+        out,
+        derived,
+        cluster_agreement(cat),
+    )
+
+
+def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
+    """Per level, how much the CLIP and the DINOv2 clusterings agree on the images both
+    clustered: adjusted Rand index and adjusted mutual information (1 = identical partitions,
+    about 0 = independent). Levels are matched by rank (level 0 = finest in both). High
+    agreement means semantics (CLIP) and structure (DINO) see the same groups; a low value at
+    a level says the two views still disagree there. Empty when either clustering is missing."""
+    if not {"clusters_clip", "clusters_dino"} <= set(cat.views):
+        return []
+    from exokiratory.passes.clusters.step import level_agreement
+
+    ks = {
+        (space, int(level)): int(k)
+        for space in ("clip", "dino")
+        for level, k in cat.rows(f"SELECT DISTINCT level, k FROM clusters_{space}")
+    }
+    return [
+        {
+            "level": r["level"],
+            "k_clip": ks[("clip", r["level"])],
+            "k_dino": ks[("dino", r["level"])],
+            **{key: r[key] for key in ("n_images", "ari", "ami")},
+        }
+        for r in level_agreement(cat.con, "clusters_clip", "clusters_dino")
+    ]
+
+
+def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
+    on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.units_key)
+    wanted_units = p.units(cat).select(list(p.units_key))
+    cat.con.register("_wanted_units", wanted_units)
+    try:
+        counts = cat.rows(
+            f"""SELECT count(*) FILTER (WHERE d.error IS NULL),
+                       count(*) FILTER (WHERE d.error IS NOT NULL)
+                FROM _wanted_units w JOIN "{p.done_view}" d ON {on}"""
+        )
+    finally:
+        cat.con.unregister("_wanted_units")
+    done, failed = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
+    errs = _newest_errors(cat, p, n_errors)
+    failed_batches = int(
+        cat.scalar("SELECT count(*) FROM jobs WHERE pass_name = ? AND status = 'failed'", [p.name])
+        or 0
+    )
+    return PassStatus(
+        name=p.name,
+        version=p.full_version,
+        wanted=wanted_units.num_rows,
+        done=done,
+        failed=failed,
+        last_run=_last_run(cat, p.name),
+        recent_errors=errs,
+        failed_batches=failed_batches,
+    )
+
+
+def _newest_errors(cat: Catalog, p: Pass, n: int) -> list[tuple[str, str]]:
+    """Current error rows, newest batch first (batch finish times from the jobs log)."""
+    src = cat.raw_source(p.output_rel)
+    if not src:
+        return []
+    rows = cat.rows(
+        f"""WITH errs AS (
+              SELECT CAST(e."{p.key[0]}" AS VARCHAR) AS k, e.error,
+                     regexp_extract(e.filename, '[^/]+$') AS part
+              FROM {src} e JOIN "{p.view_name}" v USING ({", ".join(p.key)})
+              WHERE e.error IS NOT NULL AND v.error IS NOT NULL)
+            SELECT k, errs.error FROM errs
+            LEFT JOIN (SELECT batch, max(finished_at) AS t FROM jobs WHERE pass_name = ?
+                       GROUP BY batch) j ON j.batch = errs.part
+            QUALIFY row_number() OVER (PARTITION BY k ORDER BY j.t DESC NULLS LAST) = 1
+            ORDER BY j.t DESC NULLS LAST, k LIMIT {int(n)}""",
+        [p.name],
+    )
+    return [(str(a), str(b)) for a, b in rows]
+
+
+def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:
+    from exokiratory.engine.derive import current_folder, input_fingerprint
+
+    rows = int(cat.scalar(f'SELECT count(*) FROM "{d.view_name}"') or 0)
+    current = current_folder(cat.storage, d.dataset)
+    wanted = f"{d.dataset}/{d.full_version}-{input_fingerprint(cat.storage, d)}"
+    summary: dict[str, int] = {}
+    bool_cols = [f.name for f in d.output_schema() if f.name.startswith("is_")]
+    if rows and bool_cols:  # a derivation without flags (zeroshot) has nothing to count
+        sums = ", ".join(f'count(*) FILTER (WHERE "{c}")' for c in bool_cols)
+        r = cat.rows(f'SELECT {sums} FROM "{d.view_name}"')
+        summary = {c: int(v) for c, v in zip(bool_cols, r[0], strict=True)} if r else {}
+    return DerivedStatus(
+        d.name, d.full_version, rows, current == wanted, _last_run(cat, d.name), summary
+    )
+
+
+def _last_run(cat: Catalog, name: str) -> str | None:
+    r = cat.scalar(
+        "SELECT strftime(max(finished_at), '%Y-%m-%d %H:%M:%S') FROM jobs WHERE pass_name = ?",
+        [name],
+    )
+    return None if r is None else str(r)

@@ -1,0 +1,408 @@
+"""The Python API: ``Workspace(root)`` with the same verbs as the CLI, tables as Arrow/pandas."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from exokiratory.api.status import WorkspaceStatus, workspace_status
+from exokiratory.core.catalog import Catalog
+from exokiratory.core.config import (
+    ConfigError,
+    RunConfig,
+    ScanConfig,
+    Source,
+    WorkspaceConfig,
+    default_workers,
+    load_config,
+    render_config,
+)
+from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES
+from exokiratory.core.storage import Storage
+from exokiratory.engine.derive import DeriveReport, run_derivation
+from exokiratory.engine.executors import make_executor
+from exokiratory.engine.run import RunReport, run_pass
+from exokiratory.engine.step import BatchContext, Derivation, Pass
+from exokiratory.passes import (
+    PASS_ALIASES,
+    PASS_CLASSES,
+    REGISTRY,
+    Step,
+    get_pass,
+    pass_names,
+)
+from exokiratory.passes.scan.scanner import Scanner, ScanReport, normalise_source
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from exokiratory.models.registry import ModelSpec
+    from exokiratory.passes.embed.step import EmbedPass
+    from exokiratory.report import ReportResult
+    from exokiratory.search.indices import IndexReport
+
+log = logging.getLogger(__name__)
+
+
+class Workspace:
+    """An exokiratory workspace: a storage root holding the config and every dataset.
+
+    >>> ws = Workspace.init("/content/drive/MyDrive/exo", sources=["/content/drive/MyDrive/photos"])
+    >>> ws.scan(); ws.run(["probe"]); ws.sql("SELECT count(*) FROM images")
+    """
+
+    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        self.storage = Storage(root, storage_options)
+        self.config: WorkspaceConfig = load_config(self.storage)
+
+    # -- creation ----------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        root: str | os.PathLike[str],
+        sources: Sequence[str | Source],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+        scan: ScanConfig | None = None,
+        run: RunConfig | None = None,
+    ) -> Workspace:
+        """Create the layout and a commented ``exokiratory.yaml``. Existing data is never touched."""
+        storage = Storage(root, storage_options)
+        if storage.exists(CONFIG_FILE) and not exist_ok:
+            raise ConfigError(f"{storage.url} is already a workspace (it has {CONFIG_FILE})")
+        cfg = WorkspaceConfig(
+            sources=[s if isinstance(s, Source) else Source(path=_source_text(s)) for s in sources],
+            scan=scan or ScanConfig(),
+            run=run or RunConfig(),
+        )
+        for d in DIRECTORIES:
+            storage.makedirs(d)
+        from exokiratory.core.prompts import ensure_workspace_registry
+
+        ensure_workspace_registry(storage)  # prompts/prompt_registry.yaml, for users to edit
+        if not storage.exists(CONFIG_FILE):
+            storage.write_bytes_atomic(CONFIG_FILE, render_config(cfg).encode("utf-8"))
+        return cls(root, storage_options)
+
+    def reload_config(self) -> WorkspaceConfig:
+        self.config = load_config(self.storage)
+        return self.config
+
+    # -- passes ------------------------------------------------------------------------------
+    def passes(self, names: Sequence[str] | None = None) -> list[Step]:
+        """Pass objects configured from ``passes.<name>`` in the config, in pipeline order."""
+        wanted = list(names) if names else pass_names()
+        if "all" in wanted:
+            wanted = [
+                n
+                for n in pass_names()
+                if get_pass(n, self.config.passes.get(n)).in_all(self._configured(n))
+            ]
+        unknown = [n for n in wanted if n not in pass_names()]
+        if unknown:
+            raise ValueError(f"unknown pass(es) {unknown}; known: {', '.join(pass_names())}")
+        order = [c.name for c in PASS_CLASSES]
+        wanted = sorted(dict.fromkeys(wanted), key=order.index)
+        steps = [get_pass(n, self.config.passes.get(n)) for n in wanted]
+        for step in steps:
+            if hasattr(step, "workspace_url"):
+                step.workspace_url = self.storage.url
+        if any(isinstance(s, Derivation) for s in steps):
+            units = [s for s in self._all_steps() if isinstance(s, Pass)]
+            for s in steps:
+                if isinstance(s, Derivation):
+                    s.bind(units)
+        return steps
+
+    def _configured(self, name: str) -> bool:
+        """Whether the config names this pass or, for a pass without a model of its own, a
+        pass it depends on (clusters of a configured embedding space, statistics of configured
+        segments). A model pass must be named itself: it downloads weights."""
+        cls = REGISTRY[name]
+        if name in self.config.passes:
+            return True
+        if getattr(cls, "resources", "cpu") == "gpu":
+            return False
+        return any(d in self.config.passes for d in getattr(cls, "depends_on", ()))
+
+    def _all_steps(self) -> list[Step]:
+        return [get_pass(n, self.config.passes.get(n)) for n in pass_names()]
+
+    def batch_context(self) -> BatchContext:
+        return BatchContext(
+            workspace_url=self.storage.url,
+            storage_options=self.storage.storage_options,
+            max_image_pixels=self.config.scan.max_image_pixels,
+            source_options={
+                normalise_source(s.path): s.storage_options for s in self.config.sources
+            },
+        )
+
+    # -- verbs -------------------------------------------------------------------------------
+    def scan(self, *, progress: bool | None = None, force: bool = False) -> ScanReport:
+        """PASS 0: register new and changed files, mark vanished ones missing."""
+        return Scanner(self.storage, self.config, progress=progress, force_lock=force).run()
+
+    def run(
+        self,
+        passes: Sequence[str] | str = "all",
+        *,
+        limit: int | None = None,
+        engine: str | None = None,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        retry_errors: bool = False,
+        progress: bool | None = None,
+        all_images: bool = False,
+    ) -> list[RunReport | DeriveReport]:
+        """Run passes (names, ``"embed"`` for both embedding passes, or ``"all"``) through the
+        runner; returns one report per pass. ``all_images``: passes that work on the routed
+        images only (model passes) take every readable image this time."""
+        names = [passes] if isinstance(passes, str) else list(passes)
+        names = [n for name in names for n in PASS_ALIASES.get(name, (name,))]
+        rc = self.config.run
+        executor = make_executor(
+            engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
+        )
+        reports: list[RunReport | DeriveReport] = []
+        explicit = "all" not in names
+        steps = self.passes(names)
+        if all_images:
+            for step in steps:
+                if "routed_only" in type(step.params).model_fields:
+                    step.params = step.params.model_copy(update={"routed_only": False})
+        for p in steps:
+            missing = p.missing_requirement()
+            if missing is not None:
+                if explicit:
+                    raise RuntimeError(f"pass {p.name} {missing}")
+                log.warning("skipping pass %s: it %s", p.name, missing)
+                continue
+            if isinstance(p, Derivation):
+                reports.append(run_derivation(p, self.storage, self.catalog))
+                continue
+            # A model pass runs one model per process: in-process locally (torch uses every core
+            # itself, and a GPU holds one copy), one GPU per task on Ray.
+            ex = (
+                executor
+                if (p.resources != "gpu" or executor.name == "ray")
+                else make_executor("local", 1)
+            )
+            rep = run_pass(
+                p,
+                self.storage,
+                self.batch_context(),
+                ex,
+                batch_size=batch_size or rc.batch_size,
+                limit=limit,
+                retry_errors=retry_errors,
+                progress=progress,
+                catalog=self.catalog,
+            )
+            log.debug("%s", rep.summary())
+            reports.append(rep)
+            if p.resources == "gpu" and ex.name == "local":
+                release_models()
+        if not explicit:
+            reports.extend(self._refresh_derivations(steps))
+        return reports
+
+    def _refresh_derivations(self, steps: Sequence[Step]) -> list[DeriveReport]:
+        """Re-derive what later passes changed the inputs of (flags read the embeddings that
+        ran after them): derivations are cheap and skip themselves when up to date."""
+        derived = [s for s in steps if isinstance(s, Derivation) and not s.missing_requirement()]
+        reports: list[DeriveReport] = []
+        for _round in range(3):
+            fresh = [run_derivation(d, self.storage, self.catalog) for d in derived]
+            changed = [r for r in fresh if not r.up_to_date]
+            reports.extend(changed)
+            if not changed:
+                break
+        return reports
+
+    # -- similarity --------------------------------------------------------------------------
+    def build_index(
+        self, space: str = "clip", kind: str = "auto", *, segments: bool = False
+    ) -> IndexReport:
+        """Build or extend the FAISS index of ``space`` (clip | dino) from stored embeddings
+        (of the segments, ``indices/segments-<space>.*``, with ``segments=True``)."""
+        from exokiratory.search.indices import build_index
+
+        with self.catalog() as cat:
+            return build_index(self.storage, cat, space, kind, segments=segments)
+
+    def _embed_pass(self, space: str) -> EmbedPass:
+        from exokiratory.passes.embed.step import EmbedPass
+
+        name = f"embed-{space}"
+        (p,) = self.passes([name])
+        if not isinstance(p, EmbedPass):
+            raise TypeError(f"{name} is not an embedding pass")
+        return p
+
+    def _segment_embed_spec(self, space: str) -> ModelSpec:
+        """The model of ``segment-embed-<space>`` (segment queries must use the same one)."""
+        from exokiratory.passes.segment_embed.step import SegmentEmbedPass
+
+        (p,) = self.passes([f"segment-embed-{space}"])
+        if not isinstance(p, SegmentEmbedPass):
+            raise TypeError(f"segment-embed-{space} is not a segment embedding pass")
+        return p.spec
+
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image: str | None = None,
+        space: str = "clip",
+        k: int = 10,
+        segments: bool = False,
+    ) -> pd.DataFrame:
+        """Nearest images to a text (CLIP only), an image id, or an image file, as a DataFrame:
+        rank, score, image_id, image_idx, first_path.
+
+        With ``segments=True``: nearest *segments* (index ``segments-<space>``), queried by a
+        text, an image file (its whole-image embedding) or a ``segment_id``; columns rank,
+        score, segment_id, image_id, image_idx, path, bbox (mask pixels), area_fraction.
+        """
+        from exokiratory.search.indices import search_vectors
+
+        if (text is None) == (image is None):
+            raise ValueError("give exactly one of text= or image=")
+        if text is not None and space != "clip":
+            raise ValueError("text search needs the clip space (DINOv2 has no text tower)")
+        query = self._query_vector(text, image, space, segments=segments)
+        hits = search_vectors(self.storage, space, query, k, segments=segments)
+        columns = (
+            "h.segment_id, h.image_id, h.image_idx, i.first_path AS path, s.bbox, s.area_fraction"
+            if segments
+            else "h.image_id, h.image_idx, i.first_path"
+        )
+        segment_join = "LEFT JOIN segments s USING (segment_id)" if segments else ""
+        with self.catalog() as cat:
+            cat.con.register("_hits", hits)
+            try:
+                table = cat.query(
+                    f"SELECT h.rank, h.score, {columns} FROM _hits h "
+                    f"JOIN images i USING (image_id) {segment_join} ORDER BY h.query, h.rank"
+                )
+            finally:
+                cat.con.unregister("_hits")
+        return table.to_pandas()
+
+    def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pd.DataFrame:
+        """Nearest images to a registered image (itself first)."""
+        return self.search(image=image_id, space=space, k=k)
+
+    def _query_vector(
+        self, text: str | None, image: str | None, space: str, *, segments: bool = False
+    ) -> np.ndarray:
+        from exokiratory.models.vision import load_embedder
+        from exokiratory.passes.embed.step import cache_dir_for
+
+        if image is not None and not os.path.exists(image) and "://" not in image:
+            # not a file: a stored id (a segment id when searching segments)
+            view, key = (
+                (f"segment_embeddings_{space}", "segment_id")
+                if segments
+                else (f"embeddings_{space}", "image_id")
+            )
+            rows = self.sql(
+                f"SELECT embedding FROM {view} WHERE error IS NULL AND {key} = ?", [image]
+            ).to_pylist()
+            if not rows:
+                what = key.replace("_", " ")
+                raise ValueError(
+                    f"{image!r} is neither a file nor a {what} with a {space} embedding"
+                )
+            return np.asarray(rows[0]["embedding"], np.float32)[None, :]
+        spec = self._segment_embed_spec(space) if segments else self._embed_pass(space).spec
+        embedder = load_embedder(spec, cache_dir_for(self.storage.url), "auto")
+        if text is not None:
+            embed_texts = getattr(embedder, "embed_texts", None)
+            if embed_texts is None:
+                raise ValueError("this model has no text tower")
+            return np.asarray(embed_texts([text]), np.float32)
+        from PIL import Image, ImageOps
+
+        with Image.open(str(image)) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+        return np.asarray(embedder.embed_pixels(embedder.preprocess(rgb)[None]), np.float32)
+
+    def status(self) -> WorkspaceStatus:
+        passes = self.passes()
+        with self.catalog(passes) as cat:
+            return workspace_status(cat, passes)
+
+    def report(
+        self,
+        name: str = "report",
+        *,
+        sample: int | None = None,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> ReportResult:
+        """Build the static HTML diagnostics report ``reports/<name>.html`` (see
+        :mod:`exokiratory.report`; ``sample``: points per embedding map; ``options``: any
+        :class:`~exokiratory.report.ReportParams` field)."""
+        from exokiratory.report import build_report, make_params
+
+        params = make_params(name=name, map_sample=sample, **options)
+        return build_report(self, params, progress=progress)
+
+    # -- tables ------------------------------------------------------------------------------
+    def catalog(self, passes: Sequence[Step] | None = None) -> Catalog:
+        """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
+        return Catalog(self.storage, self.passes() if passes is None else passes)
+
+    def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
+        """Run SQL over the workspace's views (``?`` placeholders bound to ``params``);
+        returns an Arrow table."""
+        with self.catalog() as cat:
+            return cat.query(query, params)
+
+    def df(self, query: str) -> pd.DataFrame:
+        """Like :meth:`sql`, as a pandas DataFrame."""
+        return self.sql(query).to_pandas()
+
+    def table(self, name: str) -> pa.Table:
+        """A whole view (``images``, ``paths``, ``jobs``, or a pass name) as an Arrow table."""
+        with self.catalog() as cat:
+            if name not in cat.views:
+                raise ValueError(f"no table {name!r}; available: {', '.join(cat.views)}")
+            return cat.query(f'SELECT * FROM "{name}"')
+
+    def images(self) -> pa.Table:
+        return self.table("images")
+
+    def paths(self) -> pa.Table:
+        return self.table("paths")
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.storage.url!r})"
+
+
+def release_models() -> None:
+    """Drop the models a pass loaded in this process and return CUDA memory to the driver, so
+    the next pass (another model) has the whole GPU. Never imports torch itself."""
+    import sys
+
+    for name in ("exokiratory.models.vision", "exokiratory.models.sam"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "clear_cache"):
+            module.clear_cache()
+    device = sys.modules.get("exokiratory.models.device")
+    if device is not None:
+        device.release_memory()
+
+
+def _source_text(s: str) -> str:
+    if "://" in s:
+        return s
+    return os.path.abspath(os.path.expanduser(s))

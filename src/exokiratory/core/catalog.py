@@ -1,0 +1,210 @@
+"""DuckDB views over every dataset of a workspace (the SQL interface and the readers' engine).
+
+Views (when their data exists): ``images``, ``paths``, ``paths_log``, ``jobs``, and one per pass
+output, named after the pass (``probe``, ``features``...). Keyed views keep one row per key
+(see :mod:`exokiratory.core.dataset`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from exokiratory.core.dataset import keep_one_sql
+from exokiratory.core.layout import IMAGES, JOBS, PATHS
+from exokiratory.core.manifest import (
+    CURRENT_PATHS_SQL,
+    IMAGES_SCHEMA,
+    IMAGES_VIEW_SQL,
+    PATHS_KEY,
+    PATHS_SCHEMA,
+)
+from exokiratory.core.storage import Storage
+
+if TYPE_CHECKING:
+    from exokiratory.engine.step import Derivation, Pass
+
+
+_DATABASE: duckdb.DuckDBPyConnection | None = None
+_DATABASE_PID = 0
+
+
+def _shared_database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB database per process (re-created after a fork)."""
+    global _DATABASE, _DATABASE_PID
+    if _DATABASE is None or os.getpid() != _DATABASE_PID:
+        _DATABASE = duckdb.connect()
+        _DATABASE_PID = os.getpid()
+    return _DATABASE
+
+
+def _no_half(t: pa.DataType) -> pa.DataType:
+    """float16 -> float32 (DuckDB reads float16 Parquet as FLOAT but cannot register it)."""
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_no_half(t.value_type), t.list_size)
+    if pa.types.is_list(t):
+        return pa.list_(_no_half(t.value_type))
+    return t
+
+
+def _sql_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
+
+
+class Catalog:
+    """A DuckDB connection with views over a workspace's part datasets."""
+
+    def __init__(self, storage: Storage, passes: Sequence[Pass | Derivation] = ()):
+        self.storage = storage
+        if storage.is_local:
+            # A cursor of one process-wide database: opening a DuckDB database costs ~15 ms, a
+            # cursor almost nothing. Views are TEMP, so catalogs never see each other's views.
+            self.con = _shared_database().cursor()
+        else:
+            # fsspec file systems are registered per database: a remote workspace gets its own.
+            self.con = duckdb.connect()
+            self.con.register_filesystem(storage.fs)
+        self.views: list[str] = []
+        self._define_manifest_views()
+        self._define_jobs_view()
+        from exokiratory.engine.step import Derivation
+
+        for p in passes:
+            if isinstance(p, Derivation):
+                self._define_derived_view(p)
+            else:
+                self._define_pass_view(p)
+        from exokiratory.core.layout import FLAGS
+        from exokiratory.engine.derive import current_folder
+
+        if "flags" in self.views and current_folder(storage, FLAGS) is not None:
+            self._view(
+                "images_routed",
+                "SELECT i.* FROM images i JOIN flags f USING (image_id) WHERE f.is_worth_gpu "
+                "ORDER BY i.image_idx",
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _files(self, rel: str) -> list[str]:
+        parts = self.storage.list_files(rel, ".parquet")
+        if self.storage.is_local:
+            return [self.storage.path(p) for p in parts]
+        return [self.storage.fs.unstrip_protocol(self.storage.path(p)) for p in parts]
+
+    def _source(self, rel: str, schema: pa.Schema | None = None) -> str:
+        """A FROM-clause source for a dataset's parts (with a ``filename`` column)."""
+        src = self.raw_source(rel)
+        if src or schema is None:
+            return src
+        name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
+        schema = pa.schema([f.with_type(_no_half(f.type)) for f in schema])
+        empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
+        self.con.register(name, empty)
+        return name
+
+    def _view(self, name: str, sql: str) -> None:
+        self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
+        if name not in self.views:
+            self.views.append(name)
+
+    # -- views -------------------------------------------------------------------------------
+    def _define_manifest_views(self) -> None:
+        img_src = self._source(IMAGES, IMAGES_SCHEMA)
+        self._view(
+            "images_registry",
+            f"""SELECT * EXCLUDE (filename, _rn) FROM (
+                  SELECT *, row_number() OVER (PARTITION BY image_id
+                    ORDER BY image_idx, filename) AS _rn FROM {img_src}) WHERE _rn = 1""",
+        )
+        path_src = self._source(PATHS, PATHS_SCHEMA)
+        keys = ", ".join(PATHS_KEY)
+        self._view(
+            "paths_log",
+            f"""SELECT * EXCLUDE (_rn) FROM (
+                  SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY seen_at, filename)
+                  AS _rn FROM {path_src}) WHERE _rn = 1""",
+        )
+        current = CURRENT_PATHS_SQL.format(src="(SELECT *, filename AS _part_no FROM paths_log)")
+        self._view("paths", f"SELECT * EXCLUDE (filename, _part_no) FROM ({current})")
+        self._view(
+            "images", IMAGES_VIEW_SQL.format(images="images_registry", current_paths="paths")
+        )
+
+    def _define_jobs_view(self) -> None:
+        from exokiratory.core.jobs import JOBS_SCHEMA
+
+        src = self._source(JOBS, JOBS_SCHEMA)
+        self._view("jobs", f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY finished_at")
+
+    def _define_pass_view(self, p: Pass) -> None:
+        schema = p.output_schema()
+        src = self._source(p.output_rel, schema)
+        keys = ", ".join(f'"{k}"' for k in p.key)
+        order = "image_idx, " + keys if "image_idx" in schema.names else keys
+        one = keep_one_sql(src, p.key, "error" in schema.names, "filename")
+        self._view(p.view_name, f"{one} ORDER BY {order}")
+        for name, sql in p.extra_views().items():
+            self._view(name, sql)
+
+    def raw_source(self, rel: str) -> str:
+        """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""
+        files = self._files(rel)
+        if not files:
+            return ""
+        return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+
+    def _define_derived_view(self, d: Derivation) -> None:
+        from exokiratory.engine.derive import current_folder
+
+        folder = current_folder(self.storage, d.dataset) or f"{d.dataset}/.none"
+        schemas = {"": d.output_schema(), **d.extra_schemas()}
+        for name, schema in schemas.items():
+            src = self._source(folder + (f"/{name}" if name else ""), schema)
+            order = "image_idx" if "image_idx" in schema.names else "1"
+            view = d.view_name + (f"_{name}" if name else "")
+            self._view(view, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
+        rel = self.con.sql(sql, params=list(params) if params else None)
+        if rel is None:  # a statement without a result (CREATE, SET...)
+            return pa.table({})
+        return fetch_arrow(rel)
+
+    def rows(self, sql: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows as tuples (the result is fully consumed)."""
+        return self.con.execute(sql, list(params) if params else []).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[object] | None = None) -> Any:
+        r = self.rows(sql, params)
+        return r[0][0] if r else None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fetch_arrow(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pa.Table:
+    """A query result as an Arrow table (DuckDB 1.x and 2.x spell it differently)."""
+    fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table", None)
+    if fn is None:
+        fn = getattr(result, "arrow")  # noqa: B009
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 2.x: "extra copy" note on cursors
+        table = fn()
+    if isinstance(table, pa.RecordBatchReader):
+        table = table.read_all()
+    return table

@@ -1,0 +1,116 @@
+"""Part datasets: a folder of Parquet part files read as one table with one row per key.
+
+A dataset is the union of its parts. Two parts may hold a row for the same key (two workers raced,
+or an errored unit was retried); readers keep exactly one: a row without ``error`` wins over a row
+with one, and among equals the row from the part whose name sorts last (parts named by a sequence or
+time sort in write order), then the first row within it. The choice is deterministic, so every reader
+sees the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from exokiratory.core.storage import Storage
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+    from exokiratory.core.catalog import fetch_arrow
+
+    return fetch_arrow(cur)
+
+
+PART_SUFFIX = ".parquet"
+
+
+class PartDataset:
+    """A keyed dataset stored as Parquet parts under ``rel`` in a workspace."""
+
+    def __init__(
+        self, storage: Storage, rel: str, key: Sequence[str], schema: pa.Schema | None = None
+    ):
+        if not key:
+            raise ValueError("a dataset needs at least one key column")
+        self.storage = storage
+        self.rel = rel.rstrip("/")
+        self.key = tuple(key)
+        self.schema = schema
+
+    def parts(self) -> list[str]:
+        """Relative paths of the committed part files, sorted by name."""
+        return self.storage.list_files(self.rel, PART_SUFFIX)
+
+    def exists(self) -> bool:
+        return bool(self.parts())
+
+    def part_exists(self, name: str) -> bool:
+        return self.storage.exists(f"{self.rel}/{name}")
+
+    def write_part(self, name: str, table: pa.Table) -> int:
+        """Write one part atomically (whole or absent). Returns bytes written."""
+        if not name.endswith(PART_SUFFIX):
+            name += PART_SUFFIX
+        if self.schema is not None:
+            table = table.select(self.schema.names).cast(self.schema)
+        return self.storage.write_parquet_atomic(f"{self.rel}/{name}", table)
+
+    def read_raw(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every row of every part, with a ``_part`` column naming its part; no de-duplication."""
+        tables = []
+        for i, part in enumerate(self.parts()):
+            t = self.storage.read_parquet(part, list(columns) if columns else None)
+            name = part.rsplit("/", 1)[-1]
+            t = t.append_column("_part", pa.array([name] * t.num_rows, pa.string()))
+            t = t.append_column("_part_no", pa.array([i] * t.num_rows, pa.int32()))
+            tables.append(t)
+        if not tables:
+            return self._empty(columns)
+        return pa.concat_tables(tables, promote_options="default")
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The dataset with one row per key (see module docstring for which row wins)."""
+        cols = list(columns) if columns else None
+        if cols is not None:
+            needed = list(dict.fromkeys([*self.key, *cols]))
+            cols_read = needed
+        else:
+            cols_read = None
+        raw = self.read_raw(cols_read)
+        if raw.num_rows == 0:
+            out = raw.drop_columns(["_part", "_part_no"]) if "_part" in raw.column_names else raw
+            return out.select(cols) if cols else out
+        out = dedupe(raw, self.key)
+        return out.select(cols) if cols else out
+
+    def _empty(self, columns: Sequence[str] | None) -> pa.Table:
+        if self.schema is None:
+            return pa.table({k: pa.array([], pa.string()) for k in (columns or self.key)})
+        schema = self.schema
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns if c in schema.names])
+        return schema.empty_table()
+
+
+def keep_one_sql(src: str, key: Sequence[str], has_error: bool, part_col: str) -> str:
+    """SQL keeping one row per key of ``src`` (see the module docstring): a row without error
+    wins, then the row of the part that sorts last by ``part_col``. The catalog's views and
+    :meth:`PartDataset.read` both use it, so every reader applies the same rule."""
+    keys = ", ".join(f'"{k}"' for k in key)
+    err = "(error IS NOT NULL), " if has_error else ""
+    return f"""SELECT * EXCLUDE ({part_col}, _rn) FROM (
+                 SELECT *, row_number() OVER (PARTITION BY {keys}
+                   ORDER BY {err}{part_col} DESC) AS _rn FROM {src}) WHERE _rn = 1"""
+
+
+def dedupe(raw: pa.Table, key: Sequence[str]) -> pa.Table:
+    """Keep one row per key from a table carrying ``_part``/``_part_no`` columns."""
+    con = duckdb.connect()
+    try:
+        con.register("raw_t", raw.drop_columns(["_part"]))
+        sql = keep_one_sql("raw_t", key, "error" in raw.column_names, "_part_no")
+        return _fetch(con.execute(sql))
+    finally:
+        con.close()

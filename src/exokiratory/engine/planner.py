@@ -1,0 +1,116 @@
+"""Planning: units wanted minus units already present, split into deterministic batches.
+
+A batch's part name is derived from its content (the first unit's ``image_idx`` and a digest of
+its keys), so two workers that plan the same batch write the same file name with the same rows:
+the second write replaces the first with identical content, and readers never see duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from exokiratory.core.catalog import Catalog, fetch_arrow
+from exokiratory.engine.step import Pass
+
+
+@dataclass(frozen=True)
+class Batch:
+    name: str
+    units: pa.Table
+    #: a retry of errored units: an existing part of the same name (the same units, all of
+    #: them errors, or they would not be planned) is replaced instead of skipped
+    overwrite: bool = False
+
+    @property
+    def n_units(self) -> int:
+        return int(self.units.num_rows)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pass_name: str
+    wanted: int
+    done: int
+    failed: int
+    todo: pa.Table
+    batch_size: int
+    retry_errors: bool = False
+
+    def batches(self) -> Iterator[Batch]:
+        for start in range(0, self.todo.num_rows, self.batch_size):
+            units = self.todo.slice(start, self.batch_size)
+            yield Batch(part_name(units, self.todo.column_names), units, self.retry_errors)
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.todo.num_rows // self.batch_size)
+
+
+def part_name(units: pa.Table, columns: list[str]) -> str:
+    key_cols = [c for c in ("image_id", "segment_id") if c in columns] or columns[:1]
+    h = hashlib.sha256()
+    for col in key_cols:
+        for v in units.column(col).to_pylist():
+            h.update(str(v).encode())
+            h.update(b"\0")
+    first = units.column("image_idx")[0].as_py() if "image_idx" in columns else 0
+    return f"part-{int(first):012d}-{h.hexdigest()[:16]}.parquet"
+
+
+def balanced_batch_size(n_units: int, batch_size: int, workers: int) -> int:
+    """``batch_size``, or less when there are too few units to give every worker two batches.
+
+    Large runs keep the configured size (few, large parts); a small run is split evenly so that
+    no worker idles while another processes most of the units.
+    """
+    if n_units <= 0:
+        return batch_size
+    return max(1, min(batch_size, -(-n_units // (2 * max(1, workers)))))
+
+
+def plan(
+    p: Pass,
+    catalog: Catalog,
+    *,
+    batch_size: int,
+    limit: int | None = None,
+    retry_errors: bool = False,
+    workers: int = 1,
+) -> Plan:
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    wanted = p.units(catalog)
+    keys = list(p.units_key)
+    done = catalog.query(f'SELECT {", ".join(keys)}, error FROM "{p.done_view}"')
+    con = duckdb.connect()
+    try:
+        con.register(
+            "wanted", wanted.append_column("_ord", pa.array(range(wanted.num_rows), pa.int64()))
+        )
+        con.register("done", done)
+        on = " AND ".join(f'w."{k}" = d."{k}"' for k in keys)
+        skip = "" if not retry_errors else " AND d.error IS NULL"
+        todo = fetch_arrow(
+            con.execute(
+                f"""SELECT w.* EXCLUDE (_ord) FROM wanted w
+                WHERE NOT EXISTS (SELECT 1 FROM done d WHERE {on}{skip}) ORDER BY w._ord"""
+            )
+        )
+        counts = con.execute(
+            f"""SELECT count(*) FILTER (WHERE d.error IS NULL), count(*) FILTER (WHERE d.error IS NOT NULL)
+                FROM wanted w JOIN done d ON {on}"""
+        ).fetchone()
+    finally:
+        con.close()
+    n_ok, n_failed = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+    if limit is not None:
+        todo = todo.slice(0, limit)
+    size = balanced_batch_size(todo.num_rows, batch_size, workers)
+    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size, retry_errors)
