@@ -33,7 +33,7 @@ from exokiratory import Workspace
 from exokiratory.core.catalog import Catalog
 from exokiratory.core.config import RunConfig, render_config
 from exokiratory.core.dataset import PartDataset
-from exokiratory.passes import get_pass
+from exokiratory.engine.registry import get_pass
 from exokiratory.report.histograms import gather_histograms
 from exokiratory.report.tables import Tables
 

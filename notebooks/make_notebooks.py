@@ -91,7 +91,7 @@ NOTEBOOKS = {
             ),
             (
                 "Text and face cues, when the `cues` extra is installed.",
-                "from exokiratory.passes import pass_names\n\n"
+                "from exokiratory.engine.registry import pass_names\n\n"
                 'if CUES and "cues" in pass_names():\n'
                 '    (cues,) = ws.passes(["cues"])\n'
                 "    missing = cues.missing_requirement()\n"
@@ -128,7 +128,7 @@ NOTEBOOKS = {
             (
                 "Zero-shot labels, semantic flags and clusters: derivations over the stored "
                 "embeddings (seconds).",
-                "from exokiratory.passes import pass_names\n\n"
+                "from exokiratory.engine.registry import pass_names\n\n"
                 'steps = [n for n in ("zeroshot", "flags", "clusters-clip", "clusters-dino") '
                 "if n in pass_names()]\n"
                 "for r in ws.run(steps):\n    print(r.summary())",
@@ -157,7 +157,7 @@ NOTEBOOKS = {
             (
                 "PASS 3: segments (writes `segments/masks/`; the slowest pass, a GPU helps).",
                 "from exokiratory.api.colab import configure\n"
-                "from exokiratory.passes import pass_names\n\n"
+                "from exokiratory.engine.registry import pass_names\n\n"
                 'if "segment" not in pass_names():\n'
                 '    print("this version of exokiratory has no segment pass")\n'
                 "else:\n"

@@ -160,7 +160,7 @@ def test_group_median_matches_numpy(pairs: list[tuple[int, float]]) -> None:
 
 
 def test_params_are_validated() -> None:
-    from exokiratory.passes import get_pass
+    from exokiratory.engine.registry import get_pass
 
     with pytest.raises(ValueError, match=r"passes\.motifs: spaces"):
         get_pass("motifs", {"spaces": ["clap"]})

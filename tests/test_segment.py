@@ -23,9 +23,9 @@ from PIL import Image
 from exokiratory import Workspace
 from exokiratory.core.config import RunConfig, render_config
 from exokiratory.core.dataset import PartDataset
+from exokiratory.engine.registry import get_pass
 from exokiratory.models.registry import resolve
 from exokiratory.models.sam import SamInputGeometry, load_segmenter
-from exokiratory.passes import get_pass
 from exokiratory.passes.segment import amg
 from exokiratory.passes.segment.params import MaskGenerationParams
 from exokiratory.passes.segment.rle import decode_rle

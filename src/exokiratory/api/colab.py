@@ -91,7 +91,7 @@ def setup(
 def configure(ws: Workspace, name: str, **params: Any) -> Workspace:
     """Merge ``params`` into ``passes.<name>`` of the config (validated first), write it, and
     return the reopened workspace."""
-    from exokiratory.passes import get_pass
+    from exokiratory.engine.registry import get_pass
 
     merged = {**ws.config.passes.get(name, {}), **params}
     get_pass(name, merged)  # raises with the key named when a value is wrong

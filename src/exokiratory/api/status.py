@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from exokiratory.core.catalog import Catalog
-from exokiratory.engine.step import Derivation, Pass
+from exokiratory.engine.step import Derivation, Pass, Step
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _counts(cat: Catalog, sql: str) -> dict[str, int]:
 
 
 def workspace_status(
-    cat: Catalog, passes: list[Pass | Derivation], n_errors: int = 5
+    cat: Catalog, passes: Sequence[Step[Any]], n_errors: int = 5
 ) -> WorkspaceStatus:
     images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
     paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
@@ -173,7 +174,8 @@ def _newest_errors(cat: Catalog, p: Pass, n: int) -> list[tuple[str, str]]:
 
 
 def _derived_status(cat: Catalog, d: Derivation) -> DerivedStatus:
-    from exokiratory.engine.derive import current_folder, input_fingerprint
+    from exokiratory.core.dataset import current_folder
+    from exokiratory.engine.derive import input_fingerprint
 
     rows = int(cat.scalar(f'SELECT count(*) FROM "{d.view_name}"') or 0)
     current = current_folder(cat.storage, d.dataset)

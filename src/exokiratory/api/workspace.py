@@ -24,18 +24,11 @@ from exokiratory.core.config import (
 )
 from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES
 from exokiratory.core.storage import Storage
+from exokiratory.engine import registry
 from exokiratory.engine.derive import DeriveReport, run_derivation
 from exokiratory.engine.executors import make_executor
 from exokiratory.engine.run import RunReport, run_pass
-from exokiratory.engine.step import BatchContext, Derivation, Pass
-from exokiratory.passes import (
-    PASS_ALIASES,
-    PASS_CLASSES,
-    REGISTRY,
-    Step,
-    get_pass,
-    pass_names,
-)
+from exokiratory.engine.step import BatchContext, Derivation, Pass, Resource, Step
 from exokiratory.passes.scan.scanner import Scanner, ScanReport, normalise_source
 
 if TYPE_CHECKING:
@@ -95,44 +88,44 @@ class Workspace:
         return self.config
 
     # -- passes ------------------------------------------------------------------------------
-    def passes(self, names: Sequence[str] | None = None) -> list[Step]:
-        """Pass objects configured from ``passes.<name>`` in the config, in pipeline order."""
-        wanted = list(names) if names else pass_names()
+    def passes(self, names: Sequence[str] | None = None) -> list[Step[Any]]:
+        """Step objects configured from ``passes.<name>`` in the config, in run order (aliases
+        expanded; ``all``: every step whose :meth:`~Step.in_all` says so)."""
+        known = registry.pass_names()
+        wanted = registry.expand(names) if names else known
         if "all" in wanted:
-            wanted = [
-                n
-                for n in pass_names()
-                if get_pass(n, self.config.passes.get(n)).in_all(self._configured(n))
-            ]
-        unknown = [n for n in wanted if n not in pass_names()]
+            wanted = [n for n in known if self._step(n).in_all(self._configured(n))]
+        unknown = [n for n in wanted if n not in known]
         if unknown:
-            raise ValueError(f"unknown pass(es) {unknown}; known: {', '.join(pass_names())}")
-        order = [c.name for c in PASS_CLASSES]
-        wanted = sorted(dict.fromkeys(wanted), key=order.index)
-        steps = [get_pass(n, self.config.passes.get(n)) for n in wanted]
-        for step in steps:
-            if hasattr(step, "workspace_url"):
-                step.workspace_url = self.storage.url
+            raise ValueError(
+                f"unknown pass(es) {unknown}; known: {', '.join(registry.known_names())}"
+            )
+        steps = [self._step(n) for n in registry.run_order(wanted)]
         if any(isinstance(s, Derivation) for s in steps):
-            units = [s for s in self._all_steps() if isinstance(s, Pass)]
+            every = self._all_steps()
             for s in steps:
                 if isinstance(s, Derivation):
-                    s.bind(units)
+                    s.bind(every)
         return steps
 
+    def _step(self, name: str) -> Step[Any]:
+        step = registry.get_pass(name, self.config.passes.get(name))
+        step.bind_workspace(self.storage.url)
+        return step
+
     def _configured(self, name: str) -> bool:
-        """Whether the config names this pass or, for a pass without a model of its own, a
-        pass it depends on (clusters of a configured embedding space, statistics of configured
-        segments). A model pass must be named itself: it downloads weights."""
-        cls = REGISTRY[name]
+        """Whether the config names this step or, for a step without a model of its own, a
+        step it reads (clusters of a configured embedding space, statistics of configured
+        segments). A model (GPU) step must be named itself: it downloads weights."""
+        cls = registry.step_class(name)
         if name in self.config.passes:
             return True
-        if getattr(cls, "resources", "cpu") == "gpu":
+        if cls.resources is Resource.GPU:
             return False
-        return any(d in self.config.passes for d in getattr(cls, "depends_on", ()))
+        return any(d in self.config.passes for d in cls.reads)
 
-    def _all_steps(self) -> list[Step]:
-        return [get_pass(n, self.config.passes.get(n)) for n in pass_names()]
+    def _all_steps(self) -> list[Step[Any]]:
+        return [self._step(n) for n in registry.pass_names()]
 
     def batch_context(self) -> BatchContext:
         return BatchContext(
@@ -164,8 +157,7 @@ class Workspace:
         """Run passes (names, ``"embed"`` for both embedding passes, or ``"all"``) through the
         runner; returns one report per pass. ``all_images``: passes that work on the routed
         images only (model passes) take every readable image this time."""
-        names = [passes] if isinstance(passes, str) else list(passes)
-        names = [n for name in names for n in PASS_ALIASES.get(name, (name,))]
+        names = registry.expand([passes] if isinstance(passes, str) else passes)
         rc = self.config.run
         executor = make_executor(
             engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
@@ -175,8 +167,7 @@ class Workspace:
         steps = self.passes(names)
         if all_images:
             for step in steps:
-                if "routed_only" in type(step.params).model_fields:
-                    step.params = step.params.model_copy(update={"routed_only": False})
+                step.route_all_images()
         for p in steps:
             missing = p.missing_requirement()
             if missing is not None:
@@ -187,11 +178,13 @@ class Workspace:
             if isinstance(p, Derivation):
                 reports.append(run_derivation(p, self.storage, self.catalog))
                 continue
+            if not isinstance(p, Pass):
+                raise TypeError(f"{p.name}: a step is a Pass or a Derivation")
             # A model pass runs one model per process: in-process locally (torch uses every core
             # itself, and a GPU holds one copy), one GPU per task on Ray.
             ex = (
                 executor
-                if (p.resources != "gpu" or executor.name == "ray")
+                if (p.resources is not Resource.GPU or executor.name == "ray")
                 else make_executor("local", 1)
             )
             rep = run_pass(
@@ -207,24 +200,30 @@ class Workspace:
             )
             log.debug("%s", rep.summary())
             reports.append(rep)
-            if p.resources == "gpu" and ex.name == "local":
+            if p.resources is Resource.GPU and ex.name == "local":
                 release_models()
         if not explicit:
-            reports.extend(self._refresh_derivations(steps))
+            reports.extend(self._refresh_derivations(steps, reports))
         return reports
 
-    def _refresh_derivations(self, steps: Sequence[Step]) -> list[DeriveReport]:
-        """Re-derive what later passes changed the inputs of (flags read the embeddings that
-        ran after them): derivations are cheap and skip themselves when up to date."""
-        derived = [s for s in steps if isinstance(s, Derivation) and not s.missing_requirement()]
-        reports: list[DeriveReport] = []
-        for _round in range(3):
-            fresh = [run_derivation(d, self.storage, self.catalog) for d in derived]
-            changed = [r for r in fresh if not r.up_to_date]
-            reports.extend(changed)
-            if not changed:
-                break
-        return reports
+    def _refresh_derivations(
+        self, steps: Sequence[Step[Any]], reports: Sequence[RunReport | DeriveReport]
+    ) -> list[DeriveReport]:
+        """Re-derive what later steps changed the inputs of (the flags read the embeddings
+        that ran after them), following the registry's graph: every derivation downstream of a
+        step that wrote rows, in run order; derivations skip themselves when up to date."""
+        changed = {r.pass_name for r in reports if isinstance(r, RunReport) and r.processed}
+        changed |= {r.name for r in reports if isinstance(r, DeriveReport) and not r.up_to_date}
+        by_name = {s.name: s for s in steps if isinstance(s, Derivation)}
+        out: list[DeriveReport] = []
+        for name in registry.downstream_derivations(changed):
+            d = by_name.get(name)
+            if d is None or d.missing_requirement():
+                continue
+            rep = run_derivation(d, self.storage, self.catalog)
+            if not rep.up_to_date:
+                out.append(rep)
+        return out
 
     # -- similarity --------------------------------------------------------------------------
     def build_index(
@@ -357,7 +356,7 @@ class Workspace:
         return build_report(self, params, progress=progress)
 
     # -- tables ------------------------------------------------------------------------------
-    def catalog(self, passes: Sequence[Step] | None = None) -> Catalog:
+    def catalog(self, passes: Sequence[Step[Any]] | None = None) -> Catalog:
         """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
         return Catalog(self.storage, self.passes() if passes is None else passes)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
-from exokiratory.core.dataset import keep_one_sql
+from exokiratory.core.dataset import fetch_arrow, keep_one_sql
+from exokiratory.core.jobs import JOBS_SCHEMA
 from exokiratory.core.layout import IMAGES, JOBS, PATHS
 from exokiratory.core.manifest import (
     CURRENT_PATHS_SQL,
@@ -28,7 +28,7 @@ from exokiratory.core.manifest import (
 from exokiratory.core.storage import Storage
 
 if TYPE_CHECKING:
-    from exokiratory.engine.step import Derivation, Pass
+    from exokiratory.engine.step import Step
 
 
 _DATABASE: duckdb.DuckDBPyConnection | None = None
@@ -62,7 +62,7 @@ def _sql_list(items: Sequence[str]) -> str:
 class Catalog:
     """A DuckDB connection with views over a workspace's part datasets."""
 
-    def __init__(self, storage: Storage, passes: Sequence[Pass | Derivation] = ()):
+    def __init__(self, storage: Storage, steps: Sequence[Step[Any]] = ()):
         self.storage = storage
         if storage.is_local:
             # A cursor of one process-wide database: opening a DuckDB database costs ~15 ms, a
@@ -75,22 +75,8 @@ class Catalog:
         self.views: list[str] = []
         self._define_manifest_views()
         self._define_jobs_view()
-        from exokiratory.engine.step import Derivation
-
-        for p in passes:
-            if isinstance(p, Derivation):
-                self._define_derived_view(p)
-            else:
-                self._define_pass_view(p)
-        from exokiratory.core.layout import FLAGS
-        from exokiratory.engine.derive import current_folder
-
-        if "flags" in self.views and current_folder(storage, FLAGS) is not None:
-            self._view(
-                "images_routed",
-                "SELECT i.* FROM images i JOIN flags f USING (image_id) WHERE f.is_worth_gpu "
-                "ORDER BY i.image_idx",
-            )
+        for step in steps:  # each step defines its own views (engine.step.Step.define_views)
+            step.define_views(self)
 
     # -- helpers -----------------------------------------------------------------------------
     def _files(self, rel: str) -> list[str]:
@@ -139,20 +125,20 @@ class Catalog:
         )
 
     def _define_jobs_view(self) -> None:
-        from exokiratory.core.jobs import JOBS_SCHEMA
-
         src = self._source(JOBS, JOBS_SCHEMA)
         self._view("jobs", f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY finished_at")
 
-    def _define_pass_view(self, p: Pass) -> None:
-        schema = p.output_schema()
-        src = self._source(p.output_rel, schema)
-        keys = ", ".join(f'"{k}"' for k in p.key)
+    def define_view(self, name: str, sql: str) -> None:
+        """A view over other views (defined after the views it reads)."""
+        self._view(name, sql)
+
+    def define_keyed_view(self, name: str, rel: str, schema: pa.Schema, key: Sequence[str]) -> None:
+        """A part dataset read as one row per key (see :mod:`exokiratory.core.dataset`)."""
+        src = self._source(rel, schema)
+        keys = ", ".join(f'"{k}"' for k in key)
         order = "image_idx, " + keys if "image_idx" in schema.names else keys
-        one = keep_one_sql(src, p.key, "error" in schema.names, "filename")
-        self._view(p.view_name, f"{one} ORDER BY {order}")
-        for name, sql in p.extra_views().items():
-            self._view(name, sql)
+        one = keep_one_sql(src, key, "error" in schema.names, "filename")
+        self._view(name, f"{one} ORDER BY {order}")
 
     def raw_source(self, rel: str) -> str:
         """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""
@@ -161,16 +147,12 @@ class Catalog:
             return ""
         return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
 
-    def _define_derived_view(self, d: Derivation) -> None:
-        from exokiratory.engine.derive import current_folder
-
-        folder = current_folder(self.storage, d.dataset) or f"{d.dataset}/.none"
-        schemas = {"": d.output_schema(), **d.extra_schemas()}
-        for name, schema in schemas.items():
-            src = self._source(folder + (f"/{name}" if name else ""), schema)
-            order = "image_idx" if "image_idx" in schema.names else "1"
-            view = d.view_name + (f"_{name}" if name else "")
-            self._view(view, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
+    def define_table_view(self, name: str, rel: str, schema: pa.Schema) -> None:
+        """Every row of the parts under ``rel`` (a derived output folder); empty with
+        ``schema`` when there are none."""
+        src = self._source(rel, schema)
+        order = "image_idx" if "image_idx" in schema.names else "1"
+        self._view(name, f"SELECT * EXCLUDE (filename) FROM {src} ORDER BY {order}")
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
@@ -195,16 +177,3 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def fetch_arrow(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pa.Table:
-    """A query result as an Arrow table (DuckDB 1.x and 2.x spell it differently)."""
-    fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table", None)
-    if fn is None:
-        fn = getattr(result, "arrow")  # noqa: B009
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # 2.x: "extra copy" note on cursors
-        table = fn()
-    if isinstance(table, pa.RecordBatchReader):
-        table = table.read_all()
-    return table

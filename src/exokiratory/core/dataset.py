@@ -9,6 +9,8 @@ sees the same table.
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Sequence
 
 import duckdb
@@ -17,10 +19,34 @@ import pyarrow as pa
 from exokiratory.core.storage import Storage
 
 
-def _fetch(cur: duckdb.DuckDBPyConnection) -> pa.Table:
-    from exokiratory.core.catalog import fetch_arrow
+def fetch_arrow(result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation) -> pa.Table:
+    """A query result as an Arrow table (DuckDB 1.x and 2.x spell it differently)."""
+    fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table", None)
+    if fn is None:
+        fn = getattr(result, "arrow")  # noqa: B009
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 2.x: "extra copy" note on cursors
+        table = fn()
+    if isinstance(table, pa.RecordBatchReader):
+        table = table.read_all()
+    return table
 
+
+def _fetch(cur: duckdb.DuckDBPyConnection) -> pa.Table:
     return fetch_arrow(cur)
+
+
+#: a derived dataset's pointer file: ``{"folder": ...}`` names its current output folder
+POINTER = "CURRENT.json"
+
+
+def current_folder(storage: Storage, dataset: str) -> str | None:
+    """The folder (relative to the workspace) that a derived dataset's pointer names."""
+    rel = f"{dataset}/{POINTER}"
+    if not storage.exists(rel):
+        return None
+    folder = json.loads(storage.read_bytes(rel))["folder"]
+    return f"{dataset}/{folder}"
 
 
 PART_SUFFIX = ".parquet"

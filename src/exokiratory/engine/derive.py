@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from exokiratory.core.catalog import Catalog
+from exokiratory.core.dataset import POINTER, current_folder
 from exokiratory.core.jobs import JobLog, JobRecord, utcnow
 from exokiratory.core.storage import Storage
 from exokiratory.engine.step import Derivation
 
 log = logging.getLogger(__name__)
 
-POINTER = "CURRENT.json"
 ROWS_PER_PART = 1_000_000
 KEEP_PREVIOUS = 1
 
@@ -48,17 +48,10 @@ def input_fingerprint(storage: Storage, d: Derivation) -> str:
     h = hashlib.sha256(d.full_version.encode())
     h.update(d.params_json().encode())
     h.update(storage.listing_digest(d.inputs, ".parquet").encode())
+    for dataset in d.derived_inputs:  # derivations it reads: their current output folder
+        h.update((current_folder(storage, dataset) or "").encode())
     h.update(d.extra_fingerprint(storage).encode())
     return h.hexdigest()[:16]
-
-
-def current_folder(storage: Storage, dataset: str) -> str | None:
-    """The folder (relative to the workspace) that a derived dataset's pointer names."""
-    rel = f"{dataset}/{POINTER}"
-    if not storage.exists(rel):
-        return None
-    folder = json.loads(storage.read_bytes(rel))["folder"]
-    return f"{dataset}/{folder}"
 
 
 def run_derivation(

@@ -1,10 +1,45 @@
-"""Base classes for passes: one small class per kind of step (datatrove style).
+"""The step contract: one small base class per kind of step (datatrove style).
 
-A pass declares its name, the units it consumes, its output dataset and schema, and a version; it
-implements one function from a batch of units to a table. Runners and executors live elsewhere
-(:mod:`exokiratory.engine`); a pass never writes files itself.
+Two kinds of step, both declared once and registered with :func:`exokiratory.engine.registry.register`:
 
-Output record contract: the output table has the key columns, every column of
+* :class:`Pass` (and :class:`ImagePass`): units in, one keyed Parquet dataset out, one part file
+  per batch, resumable per batch. It implements one function from a batch of units to a table;
+  runners and executors live elsewhere (:mod:`exokiratory.engine`), a pass never writes files.
+* :class:`Derivation`: a cheap whole-table function of stored outputs (flags, clusters...),
+  written as a new folder and made current by an atomic pointer.
+
+What every step declares (class attributes), and the hooks the engine calls, in one place:
+
+=========================  =====================================================================
+``name``                   the CLI name (``embed-clip``)
+``dataset`` / ``version``  output folder (relative to the workspace) and its version
+``Params``                 a :class:`PassParams` model for ``passes.<name>`` in the config; the
+                           step is generic in it (``class EmbedPass(ImagePass[EmbedParams])``)
+                           so ``self.params`` is typed without casts
+``reads``                  names of the steps whose outputs it reads: they run before it in
+                           ``run all`` and their output folders are part of a derivation's input
+                           fingerprint (``run all`` order is computed from these edges)
+``optional_reads``         read when present but not ordered before it (they may read this
+                           step: flags route the images the embeddings are computed for, then
+                           use the embeddings); a derivation is re-derived after they change
+``stage``                  the seed's PASS number (0 manifest/decode check, 1 global sensing
+                           and embeddings, 2 routing, 3 segments, 4 segment embeddings and
+                           motifs, 5 language...): only breaks ties between steps that are
+                           ready at the same time in ``run all``; the ``reads`` edges decide
+``resources``              :class:`Resource`: ``CPU`` (process pools, any number per machine)
+                           or ``GPU`` (one model per process: in-process locally, one actor per
+                           GPU on Ray; models released after the pass)
+``views()``                names of the catalog views it defines (its ``writes`` in the graph)
+``define_views(cat)``      defines them (keyed part-dataset view, derived folders, extra SQL)
+``bind_workspace(url)``    hook: the workspace URL (model caches live under it)
+``route_all_images()``     hook: a routed step (params derive from :class:`RoutedParams`) takes
+                           every readable image this run instead of ``images_routed``
+``in_all(configured)``     whether ``run all`` includes it (``configured``: named in the config,
+                           or, for a CPU step, one of the steps it reads is)
+``missing_requirement()``  why it cannot run here (an extra not installed), or None
+=========================  =====================================================================
+
+Output record contract of a pass: the output table has the key columns, every column of
 :meth:`Pass.output_schema`, one row per input unit, and an ``error`` column (null when the unit
 succeeded). Rows must be a pure function of the unit and the pass parameters (no wall-clock
 values), so that any executor, and any rerun after a kill, produces byte-identical tables.
@@ -12,19 +47,21 @@ values), so that any executor, and any rerun after a kill, produces byte-identic
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import importlib.util
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import fsspec
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from exokiratory.engine.threads import in_threads
 
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
@@ -32,15 +69,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 def missing_modules(modules: Sequence[str], extra: str) -> str | None:
     """A ``missing_requirement`` message when any of ``modules`` cannot be imported here
     (checked without importing them), naming the extra that installs them; else None."""
-    import importlib.util
-
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         return f"needs {' and '.join(missing)}: pip install 'exokiratory[{extra}]'"
@@ -51,44 +83,11 @@ def missing_modules(modules: Sequence[str], extra: str) -> str | None:
 MODEL_MODULES: tuple[str, ...] = ("torch", "transformers")
 
 
-def ordered_results(
-    submit: Callable[[T], Future[R]],
-    items: Iterable[T],
-    ahead: int,
-    on_all_submitted: Callable[[], None] | None = None,
-) -> Iterator[R]:
-    """The results of ``submit(item)`` for each item, in order, with at most ``ahead`` submitted
-    and not yet consumed (bounded memory, unlike ``Executor.map``); ``on_all_submitted`` runs
-    once the last item is submitted (to queue follow-up work behind it)."""
-    pending: deque[Future[R]] = deque()
-    it = iter(items)
-    done_submitting = False
-    while True:
-        while not done_submitting and len(pending) < ahead:
-            item = next(it, _END)
-            if item is _END:
-                done_submitting = True
-                if on_all_submitted is not None:
-                    on_all_submitted()
-                break
-            pending.append(submit(item))  # type: ignore[arg-type]
-        if not pending:
-            return
-        yield pending.popleft().result()
+class Resource(enum.Enum):
+    """What a step runs on: decides the executor (see :class:`Step`)."""
 
-
-_END = object()
-
-
-def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int) -> Iterator[R]:
-    """``fn`` of each item, in order, computed by ``threads`` (>= 1) threads at most
-    ``2 x threads`` items ahead of the consumer; a single item is computed in the caller's
-    thread."""
-    if len(items) < 2:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="exo-read") as pool:
-        yield from ordered_results(lambda item: pool.submit(fn, item), items, 2 * threads)
+    CPU = "cpu"
+    GPU = "gpu"
 
 
 class PassSetupError(RuntimeError):
@@ -100,6 +99,16 @@ class PassParams(BaseModel):
     """Parameters of a pass, from ``passes.<name>`` in the workspace config. Strict."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutedParams(PassParams):
+    """Parameters of a step that works on the routed images (``images_routed``: readable, not
+    junk, canonical) unless told otherwise; :meth:`Step.route_all_images` is its hook."""
+
+    routed_only: bool = True
+
+
+ParamsT = TypeVar("ParamsT", bound=PassParams)
 
 
 def validate_params(
@@ -137,30 +146,76 @@ class BatchContext:
         return data
 
 
-class Pass(ABC):
-    """One pass: units in, one keyed Parquet dataset out."""
+class Step(ABC, Generic[ParamsT]):
+    """What passes and derivations share: identity, parameters, graph edges, hooks (see the
+    module docstring for every attribute and hook)."""
 
     name: ClassVar[str]
-    #: folder of the output dataset, relative to the workspace; the version is appended
+    #: folder of the output dataset, relative to the workspace
     dataset: ClassVar[str]
     #: bump when the output for the same input changes (new model, new parameters...)
     version: ClassVar[str]
+    Params: ClassVar[type[PassParams]] = PassParams
+    description: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()
+    optional_reads: ClassVar[tuple[str, ...]] = ()
+    resources: ClassVar[Resource] = Resource.CPU
+    stage: ClassVar[int] = 9
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        self.params: ParamsT = cast(ParamsT, validate_params(self.name, self.Params, params))
+        self.workspace_url: str | None = None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def bind_workspace(self, url: str) -> None:
+        """The workspace this step runs for (model caches live under it)."""
+        self.workspace_url = url
+
+    @property
+    def is_routed(self) -> bool:
+        """Whether it works on ``images_routed`` only (see :class:`RoutedParams`)."""
+        return isinstance(self.params, RoutedParams) and self.params.routed_only
+
+    def route_all_images(self) -> None:
+        """Take every readable image this run, not only the routed ones (``run --all``)."""
+        if isinstance(self.params, RoutedParams):
+            self.params = cast(ParamsT, self.params.model_copy(update={"routed_only": False}))
+
+    def in_all(self, configured: bool) -> bool:
+        """Whether ``run all`` includes this step (``configured``: it has a config section,
+        or a CPU step reads a step that has one)."""
+        return True
+
+    def missing_requirement(self) -> str | None:
+        """Why this step cannot run in this environment (e.g. an extra not installed), or None."""
+        return None
+
+    # -- outputs -----------------------------------------------------------------------------
+    @property
+    def view_name(self) -> str:
+        return self.name.replace("-", "_")
+
+    @abstractmethod
+    def output_schema(self) -> pa.Schema:
+        """Schema of the main output table."""
+
+    @abstractmethod
+    def views(self) -> list[str]:
+        """Names of the catalog views this step defines (what it writes, in the graph)."""
+
+    @abstractmethod
+    def define_views(self, catalog: Catalog) -> None:
+        """Define :meth:`views` in ``catalog`` (whether or not the data exists yet)."""
+
+
+class Pass(Step[ParamsT]):
+    """One pass: units in, one keyed Parquet dataset out."""
+
     key: ClassVar[tuple[str, ...]] = ("image_id",)
     #: columns of a unit of work, when a unit gives several rows (e.g. one image, many
     #: segments keyed ``(image_id, mask_index)``); empty: the same as ``key``. Such a pass
     #: writes every unit's rows in one part and exposes :attr:`done_view` (one row per unit)
     unit_key: ClassVar[tuple[str, ...]] = ()
-    resources: ClassVar[str] = "cpu"
-    depends_on: ClassVar[tuple[str, ...]] = ()
-    Params: ClassVar[type[PassParams]] = PassParams
-    description: ClassVar[str] = ""
-
-    def __init__(self, params: dict[str, Any] | None = None):
-        self.params = validate_params(self.name, self.Params, params)
-
-    @property
-    def view_name(self) -> str:
-        return self.name.replace("-", "_")
 
     @property
     def units_key(self) -> tuple[str, ...]:
@@ -176,13 +231,13 @@ class Pass(ABC):
         """More catalog views over :attr:`view_name` (name -> SELECT), defined after it."""
         return {}
 
-    def missing_requirement(self) -> str | None:
-        """Why this pass cannot run in this environment (e.g. an extra not installed), or None."""
-        return None
+    def views(self) -> list[str]:
+        return [self.view_name, *self.extra_views()]
 
-    def in_all(self, configured: bool) -> bool:
-        """Whether ``run all`` includes this pass (``configured``: it has a config section)."""
-        return True
+    def define_views(self, catalog: Catalog) -> None:
+        catalog.define_keyed_view(self.view_name, self.output_rel, self.output_schema(), self.key)
+        for name, sql in self.extra_views().items():
+            catalog.define_view(name, sql)
 
     @property
     def full_version(self) -> str:
@@ -197,10 +252,6 @@ class Pass(ABC):
     @property
     def output_rel(self) -> str:
         return f"{self.dataset}/{self.full_version}"
-
-    @abstractmethod
-    def output_schema(self) -> pa.Schema:
-        """Schema of the output table (key columns and ``error`` included)."""
 
     #: SQL over the catalog's views selecting every unit this pass wants, with the key columns,
     #: in a deterministic order.
@@ -249,7 +300,7 @@ ORDER BY i.image_idx
 """
 
 
-class ImagePass(Pass):
+class ImagePass(Pass[ParamsT]):
     """A pass over images, one independent row per image.
 
     Subclasses implement :meth:`process_image`; a failure of one image becomes that image's
@@ -307,46 +358,56 @@ class ImagePass(Pass):
         yield from zip(units, in_threads(read, units, self.prefetch), strict=True)
 
 
-class Derivation(ABC):
+class Derivation(Step[ParamsT]):
     """A derived dataset: a cheap, whole-table function of stored outputs (flags, clusters...).
 
     Derivations never decode images. Their output is written as a new folder named by the
     version, the parameters and a fingerprint of the inputs, then made current by an atomic
     pointer (``CURRENT.json``). Same inputs and parameters: nothing to do. A kill before the
-    pointer moves leaves the previous output current; the rerun recomputes (seconds).
+    pointer moves leaves the previous output current; the rerun recomputes (seconds). The
+    inputs are the manifests and the outputs of every step in ``reads`` and
+    ``optional_reads`` (set by :meth:`bind`).
     """
 
-    name: ClassVar[str]
-    dataset: ClassVar[str]
-    version: ClassVar[str]
-    depends_on: ClassVar[tuple[str, ...]] = ()
-    #: names of the unit passes whose outputs this derivation reads
-    reads: ClassVar[tuple[str, ...]] = ()
-    Params: ClassVar[type[PassParams]] = PassParams
-    description: ClassVar[str] = ""
-
     def __init__(self, params: dict[str, Any] | None = None):
-        self.params = validate_params(self.name, self.Params, params)
+        super().__init__(params)
         self.inputs: tuple[str, ...] = ("manifests/images", "manifests/paths")
+        self.derived_inputs: tuple[str, ...] = ()
 
-    def bind(self, passes: Sequence[Pass]) -> None:
-        """Learn the output folders of the configured passes it reads (input fingerprint)."""
+    def bind(self, steps: Sequence[Step[Any]]) -> None:
+        """Learn the output folders of the configured steps it reads (input fingerprint): the
+        part folders of passes, and the datasets of derivations (whose current pointer is
+        read at fingerprint time)."""
+        names = set(self.reads) | set(self.optional_reads)
         self.inputs = (
             "manifests/images",
             "manifests/paths",
-            *(p.output_rel for p in passes if p.name in self.reads),
+            *(s.output_rel for s in steps if s.name in names and isinstance(s, Pass)),
+        )
+        self.derived_inputs = tuple(
+            s.dataset for s in steps if s.name in names and isinstance(s, Derivation)
         )
 
-    @property
-    def view_name(self) -> str:
-        return self.name.replace("-", "_")
+    def extra_views(self) -> dict[str, str]:
+        """More catalog views (name -> SELECT), defined after the derived tables; only when
+        an output exists (they may reference its columns)."""
+        return {}
 
-    def in_all(self, configured: bool) -> bool:
-        return True
+    def views(self) -> list[str]:
+        tables = [self.view_name + (f"_{n}" if n else "") for n in ("", *self.extra_schemas())]
+        return [*tables, *self.extra_views()]
 
-    def missing_requirement(self) -> str | None:
-        """Why this derivation cannot run in this environment, or None."""
-        return None
+    def define_views(self, catalog: Catalog) -> None:
+        from exokiratory.core.dataset import current_folder
+
+        current = current_folder(catalog.storage, self.dataset)
+        folder = current or f"{self.dataset}/.none"
+        for name, schema in {"": self.output_schema(), **self.extra_schemas()}.items():
+            view = self.view_name + (f"_{name}" if name else "")
+            catalog.define_table_view(view, folder + (f"/{name}" if name else ""), schema)
+        if current is not None:
+            for name, sql in self.extra_views().items():
+                catalog.define_view(name, sql)
 
     def extra_fingerprint(self, storage: Storage) -> str:
         """Inputs that are not pass outputs (e.g. a prompt registry's content), as text that
@@ -357,11 +418,12 @@ class Derivation(ABC):
     def full_version(self) -> str:
         return self.version
 
+    @property
+    def output_rel(self) -> str:
+        return self.dataset
+
     def params_json(self) -> str:
         return json.dumps(self.params.model_dump(mode="json"), sort_keys=True)
-
-    @abstractmethod
-    def output_schema(self) -> pa.Schema: ...
 
     @abstractmethod
     def derive(self, catalog: Catalog) -> pa.Table:

@@ -23,7 +23,7 @@ from exokiratory.report.thumbs import ThumbParams, ThumbStore
 
 if TYPE_CHECKING:
     from exokiratory.api.workspace import Workspace
-    from exokiratory.passes import Step
+    from exokiratory.engine.step import Step
 
 log = logging.getLogger(__name__)
 

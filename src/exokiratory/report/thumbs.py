@@ -57,7 +57,7 @@ WANTS_SCHEMA = pa.schema(
 )
 
 
-class ThumbPass(ImagePass):
+class ThumbPass(ImagePass[ThumbParams]):
     """Small JPEGs of the images (and segment crops) that a report shows."""
 
     name = "report-thumbs"
@@ -105,7 +105,7 @@ class ThumbPass(ImagePass):
             catalog.con.unregister(THUMB_WANTS)
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
-        p: ThumbParams = self.params  # type: ignore[assignment]
+        p = self.params
         crop = unit.get("crop")
         working = p.crop_working_size if crop else p.size
         img = load_working_image(unit["data"], working, ctx.max_image_pixels)

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import Derivation, PassParams, missing_modules
 from exokiratory.search.clustering import (
     KMeansResult,
@@ -95,11 +96,12 @@ METRICS_SCHEMA = pa.schema(
 )
 
 
-class ClustersDerivation(Derivation):
+class ClustersDerivation(Derivation[ClusterParams]):
     """Base of the per-space cluster derivations."""
 
     space: ClassVar[str]
     version = "v1"
+    stage = 1
     Params = ClusterParams
 
     def in_all(self, configured: bool) -> bool:
@@ -121,7 +123,7 @@ class ClustersDerivation(Derivation):
     def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
         from exokiratory.search.indices import load_embeddings
 
-        params: ClusterParams = self.params  # type: ignore[assignment]
+        params = self.params
         try:
             vectors, idx, ids, _model = load_embeddings(catalog, self.space)
         except ValueError:  # no embeddings (yet)
@@ -271,19 +273,19 @@ def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(adjusted_rand_score(a, b)), float(adjusted_mutual_info_score(a, b))
 
 
+@register
 class ClipClustersDerivation(ClustersDerivation):
     name = "clusters-clip"
     space = "clip"
     dataset = "clusters/clip"
-    depends_on = ("embed-clip",)
     reads = ("embed-clip",)
     description = "k-means cluster hierarchy of the CLIP embeddings"
 
 
+@register
 class DinoClustersDerivation(ClustersDerivation):
     name = "clusters-dino"
     space = "dino"
     dataset = "clusters/dino"
-    depends_on = ("embed-dino",)
     reads = ("embed-dino",)
     description = "k-means cluster hierarchy of the DINOv2 embeddings"

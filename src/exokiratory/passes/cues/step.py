@@ -26,6 +26,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.core.decode import load_working_image
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import (
     BatchContext,
     ImagePass,
@@ -69,11 +70,12 @@ class CuesParams(PassParams):
     threads: int = Field(1, ge=1, le=64, description="detector threads per worker process")
 
 
-class CuesPass(ImagePass):
+@register
+class CuesPass(ImagePass[CuesParams]):
     name = "cues"
     dataset = "features/cues"
     version = "v1"
-    depends_on = ()
+    stage = 2
     Params = CuesParams
     description = "text boxes (rapidocr DB detector) and faces (OpenCV cascade) per image"
 
@@ -92,7 +94,7 @@ class CuesPass(ImagePass):
     def _detectors(self) -> tuple[Any, Any, str, str]:
         from exokiratory.passes.cues import faces, text
 
-        p: CuesParams = self.params  # type: ignore[assignment]
+        p = self.params
         try:
             tdet = text.get_text_detector(
                 max_side=p.working_size,
@@ -118,7 +120,7 @@ class CuesPass(ImagePass):
         return super().process_batch(units, ctx)
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
-        p: CuesParams = self.params  # type: ignore[assignment]
+        p = self.params
         tdet, fdet, text_id, face_id = self._loaded
         img = load_working_image(
             unit["data"], working_size=p.working_size, max_pixels=ctx.max_image_pixels

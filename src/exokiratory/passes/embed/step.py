@@ -22,6 +22,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps
 from pydantic import Field
 
+from exokiratory.engine.registry import register, register_alias
 from exokiratory.engine.step import (
     IMAGE_UNITS_SQL,
     MODEL_MODULES,
@@ -29,9 +30,11 @@ from exokiratory.engine.step import (
     ImagePass,
     PassParams,
     PassSetupError,
+    Resource,
+    RoutedParams,
     missing_modules,
-    ordered_results,
 )
+from exokiratory.engine.threads import ordered_results
 from exokiratory.models.dims import embedding_dim
 from exokiratory.models.registry import ModelSpec, model_slug, resolve
 
@@ -66,8 +69,8 @@ class ModelParams(PassParams):
     decode_threads: int = Field(4, ge=1, le=64)
 
 
-class EmbedParams(ModelParams):
-    routed_only: bool = True
+class EmbedParams(RoutedParams, ModelParams):
+    """``passes.embed-clip`` / ``passes.embed-dino``: the model, and routed images only."""
 
 
 @dataclass(frozen=True)
@@ -133,18 +136,20 @@ class EmbeddingModel:
         return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=pa.array(~valid))
 
 
-class EmbedPass(ImagePass):
+class EmbedPass(ImagePass[EmbedParams]):
     """Base of the CLIP and DINOv2 embedding passes."""
 
     role: ClassVar[str]
     dataset = "embeddings"
     version = "v1"
-    resources = "gpu"
+    stage = 1
+    resources = Resource.GPU
+    reads = ("flags",)  # images_routed
     Params = EmbedParams
 
     @property
     def embedding_model(self) -> EmbeddingModel:
-        params: EmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         return EmbeddingModel(self.role, params, self.name)
 
     @property
@@ -172,16 +177,12 @@ class EmbedPass(ImagePass):
         return f"{self.version}:{self.spec.model_id}@{self.spec.revision or 'main'}"
 
     def units(self, catalog: Catalog) -> pa.Table:
-        params: EmbedParams = self.params  # type: ignore[assignment]
-        if params.routed_only and "images_routed" in catalog.views:
+        if self.is_routed and "images_routed" in catalog.views:
             return catalog.query(ROUTED_UNITS_SQL)
         return catalog.query(IMAGE_UNITS_SQL)
 
     def _value_type(self) -> pa.DataType:
         return self.embedding_model.value_type
-
-    #: set by the workspace: where model weights are cached (see :func:`cache_dir_for`)
-    workspace_url: str | None = None
 
     def output_schema(self) -> pa.Schema:
         return pa.schema(
@@ -199,7 +200,7 @@ class EmbedPass(ImagePass):
         raise NotImplementedError("EmbedPass works on whole batches")  # pragma: no cover
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
-        params: EmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         embedder = self.embedding_model.load(ctx.workspace_url)
         rows = units.to_pylist()
 
@@ -372,13 +373,18 @@ def cache_dir_for(workspace_url: str) -> str:
     return f"{workspace_url.rstrip('/')}/cache/models"
 
 
+@register
 class ClipEmbedPass(EmbedPass):
     name = "embed-clip"
     role = "clip"
     description = "CLIP global image embeddings (ViT-L/14 full, ViT-B/32 lite)"
 
 
+@register
 class DinoEmbedPass(EmbedPass):
     name = "embed-dino"
     role = "dino"
     description = "DINOv2 global image embeddings (ViT-L/14 full, ViT-S/14 lite)"
+
+
+register_alias("embed", ("embed-clip", "embed-dino"))

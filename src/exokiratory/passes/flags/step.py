@@ -1,12 +1,14 @@
-"""``flags`` (PASS 2): routing flags derived from PASS 0/1 outputs; see :mod:`exokiratory.passes.flags.rules`."""
+"""``flags`` (PASS 2): routing flags derived from PASS 0/1 outputs; see :mod:`.rules`."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from exokiratory.core.layout import FLAGS
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import Derivation
 from exokiratory.passes.flags.embedding import KnnCache, load_spaces
 from exokiratory.passes.flags.rules import (
@@ -17,26 +19,35 @@ from exokiratory.passes.flags.rules import (
     derive_flags,
 )
 from exokiratory.passes.flags.semantic import align_inputs, semantic_inputs_sql
-from exokiratory.passes.zeroshot.step import ZEROSHOT_DATASET
 
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
-    from exokiratory.core.storage import Storage
+
+#: the images worth GPU time: readable, not junk, canonical (model passes read this view)
+IMAGES_ROUTED_SQL = (
+    "SELECT i.* FROM images i JOIN flags f USING (image_id) WHERE f.is_worth_gpu "
+    "ORDER BY i.image_idx"
+)
 
 
-class FlagsDerivation(Derivation):
+@register
+class FlagsDerivation(Derivation[FlagsParams]):
     name = "flags"
     dataset = FLAGS
     version = "v1"
-    depends_on = ("sense",)
+    stage = 2
     Params = FlagsParams
     description = "PASS 2 routing flags (junk, duplicates, outliers, text-heavy...)"
-
-    #: the unit passes whose outputs the flags read (their folders join the input fingerprint)
-    reads = ("sense", "probe", "cues", "embed-clip", "embed-dino")
+    reads = ("sense", "probe", "cues")
+    #: the embeddings are computed for the images the flags route, then refine the flags
+    #: (semantic duplicates, embedding outliers, zero-shot modality): re-derived after them
+    optional_reads = ("embed-clip", "embed-dino", "zeroshot")
 
     def output_schema(self) -> pa.Schema:
         return FLAGS_SCHEMA
+
+    def extra_views(self) -> dict[str, str]:
+        return {"images_routed": IMAGES_ROUTED_SQL}
 
     def derive(self, catalog: Catalog) -> pa.Table:
         if "features" not in catalog.views:
@@ -47,30 +58,17 @@ class FlagsDerivation(Derivation):
             probe_join="LEFT JOIN probe pr USING (image_id)" if has_probe else "",
         )
         table = catalog.query(sql)
-        params: FlagsParams = self.params  # type: ignore[assignment]
         hash_inputs = [i for i in self.inputs if i.startswith(("manifests/", "features/global"))]
-        cache = NearDupCache(catalog.storage, self.dataset, hash_inputs, params)
-        spaces = load_spaces(catalog) if _has_faiss() else {}
+        cache = NearDupCache(catalog.storage, self.dataset, hash_inputs, self.params)
+        spaces = load_spaces(catalog) if importlib.util.find_spec("faiss") is not None else {}
         sem_sql = semantic_inputs_sql(catalog.views)
         semantic = align_inputs(table["image_id"], catalog.query(sem_sql)) if sem_sql else None
         return derive_flags(
             table,
-            params,
+            self.params,
             self.full_version,
             dup_cache=cache,
             spaces=spaces,
             semantic=semantic,
             knn_cache=KnnCache(catalog.storage, f"{self.dataset}/_knn"),
         )
-
-    def extra_fingerprint(self, storage: Storage) -> str:
-        """The current zero-shot output (a derivation, not a pass: not in :attr:`inputs`)."""
-        from exokiratory.engine.derive import current_folder
-
-        return current_folder(storage, ZEROSHOT_DATASET) or ""
-
-
-def _has_faiss() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("faiss") is not None

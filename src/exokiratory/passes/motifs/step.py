@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import Derivation, missing_modules
 from exokiratory.passes.motifs.scores import (
     CLUSTERS_SCHEMA,
@@ -63,12 +64,14 @@ def load_segment_set(catalog: Catalog, space: str) -> SegmentSet | None:
     )
 
 
-class MotifsDerivation(Derivation):
+@register
+class MotifsDerivation(Derivation[MotifsParams]):
     name = "motifs"
     dataset = "clusters/motifs"
     version = "v1"
-    depends_on = ("segment-embed-clip", "segment-embed-dino")
-    reads = ("segment", "segment-embed-clip", "segment-embed-dino")
+    stage = 4
+    reads = ("segment-embed-clip", "segment-embed-dino")
+    optional_reads = ("segment",)  # masks geometry (always there when its embeddings are)
     Params = MotifsParams
     description = "segment motifs: clusters of segment embeddings, infrastructure vs foreground"
 
@@ -89,7 +92,7 @@ class MotifsDerivation(Derivation):
         return self.derive_outputs(catalog)[""]
 
     def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
-        params: MotifsParams = self.params  # type: ignore[assignment]
+        params = self.params
         segments, clusters = [SEGMENTS_SCHEMA.empty_table()], [CLUSTERS_SCHEMA.empty_table()]
         for space in params.spaces:
             seg = load_segment_set(catalog, space)

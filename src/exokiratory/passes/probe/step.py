@@ -13,13 +13,16 @@ import pyarrow as pa
 from PIL import Image
 
 from exokiratory.core.decode import pil_limit_lifted
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import BatchContext, ImagePass
 
 
+@register
 class ProbePass(ImagePass):
     name = "probe"
     dataset = "features/probe"
     version = "v1"
+    stage = 0
     description = "full decode check: mode, frames, EXIF orientation, decode errors"
 
     def output_schema(self) -> pa.Schema:

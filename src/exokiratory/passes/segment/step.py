@@ -47,16 +47,18 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import (
     IMAGE_UNITS_SQL,
     MODEL_MODULES,
     BatchContext,
     Pass,
-    PassParams,
     PassSetupError,
-    in_threads,
+    Resource,
+    RoutedParams,
     missing_modules,
 )
+from exokiratory.engine.threads import in_threads
 from exokiratory.models.registry import ModelSpec, model_slug, resolve
 from exokiratory.passes.embed.step import ROUTED_UNITS_SQL, cache_dir_for
 from exokiratory.passes.segment.params import MaskGenerationParams
@@ -105,7 +107,7 @@ _RUN_ONLY = frozenset(
 )
 
 
-class SegmentParams(PassParams, MaskGenerationParams):
+class SegmentParams(RoutedParams, MaskGenerationParams):
     """``passes.segment`` in the workspace config (mask generation fields: see
     :class:`exokiratory.passes.segment.params.MaskGenerationParams`)."""
 
@@ -116,29 +118,28 @@ class SegmentParams(PassParams, MaskGenerationParams):
     )
     revision: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    routed_only: bool = True
     decode_threads: int = Field(2, ge=1, le=64, description="images decoded ahead by threads")
 
 
-class SegmentMasksPass(Pass):
+@register
+class SegmentMasksPass(Pass[SegmentParams]):
     """PASS 3: SAM automatic mask generation, one marker row plus one row per kept segment."""
 
     name = "segment"
     dataset = "segments/masks"
     version = "v1"
+    stage = 3
     key = ("image_id", "mask_index")
     unit_key = ("image_id",)
-    resources = "gpu"
+    resources = Resource.GPU
+    reads = ("flags",)  # images_routed
     Params = SegmentParams
     units_sql = IMAGE_UNITS_SQL
     description = "SAM automatic masks (COCO RLE + geometry) for routed images"
 
-    #: set by the workspace: where model weights are cached
-    workspace_url: str | None = None
-
     @property
     def seg_params(self) -> SegmentParams:
-        params: SegmentParams = self.params  # type: ignore[assignment]
+        params = self.params
         return params
 
     @property
@@ -198,7 +199,7 @@ class SegmentMasksPass(Pass):
         return SEGMENT_SCHEMA
 
     def units(self, catalog: Catalog) -> pa.Table:
-        if self.seg_params.routed_only and "images_routed" in catalog.views:
+        if self.is_routed and "images_routed" in catalog.views:
             return catalog.query(ROUTED_UNITS_SQL)
         return catalog.query(IMAGE_UNITS_SQL)
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from exokiratory.engine.step import BatchContext, Pass, in_threads
+from exokiratory.engine.step import BatchContext, ParamsT, Pass
+from exokiratory.engine.threads import in_threads
 from exokiratory.passes.segment.rle import decode_rle_batch
 from exokiratory.passes.segment_embed import crops
 
@@ -74,7 +75,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class SegmentPass(Pass):
+class SegmentPass(Pass[ParamsT]):
     """A pass over segments: decode each image once per batch, then one output per segment.
 
     Subclasses implement :meth:`prepare` (per image, in a thread: what to keep for each of its
@@ -84,7 +85,7 @@ class SegmentPass(Pass):
 
     key = ("segment_id",)
     units_sql = SEGMENT_UNITS_SQL
-    depends_on = ("segment",)
+    reads = ("segment",)
 
     @property
     def decode_threads(self) -> int:

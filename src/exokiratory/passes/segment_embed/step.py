@@ -35,7 +35,8 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from exokiratory.engine.step import BatchContext, PassParams
+from exokiratory.engine.registry import register, register_alias
+from exokiratory.engine.step import BatchContext, PassParams, Resource
 from exokiratory.models.registry import ModelSpec, model_slug
 from exokiratory.passes.embed.step import EmbeddingModel, ModelParams
 from exokiratory.passes.segment_embed.base import SEGMENT_KEY_FIELDS, ImageSegments, SegmentPass
@@ -59,21 +60,19 @@ class SegmentEmbedParams(ModelParams):
     )
 
 
-class SegmentEmbedPass(SegmentPass):
+class SegmentEmbedPass(SegmentPass[SegmentEmbedParams]):
     """Base of the CLIP and DINOv2 segment embedding passes."""
 
     role: ClassVar[str]
     dataset = "segments/embeddings"
     version = "v1"
-    resources = "gpu"
+    stage = 4
+    resources = Resource.GPU
     Params = SegmentEmbedParams
-
-    #: set by the workspace: where model weights are cached
-    workspace_url: str | None = None
 
     @property
     def embedding_model(self) -> EmbeddingModel:
-        params: SegmentEmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         return EmbeddingModel(self.role, params, self.name)
 
     @property
@@ -82,7 +81,7 @@ class SegmentEmbedPass(SegmentPass):
 
     @property
     def decode_threads(self) -> int:
-        params: SegmentEmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         return params.decode_threads
 
     @property
@@ -98,7 +97,7 @@ class SegmentEmbedPass(SegmentPass):
 
     def _crop_digest(self) -> str:
         """'' for the default crop geometry, else ``-crop<digest>`` of margin and fill."""
-        params: SegmentEmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         crop = {"margin": params.margin, "fill": params.fill}
         if crop == {"margin": 0.1, "fill": "model_mean"}:
             return ""
@@ -125,7 +124,7 @@ class SegmentEmbedPass(SegmentPass):
         )
 
     def fill_colour(self, embedder: ImageEmbedder) -> RGB:
-        params: SegmentEmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         if params.fill == "model_mean":
             return mean_fill(embedder.preprocessing.mean)
         return FIXED_FILLS[params.fill]
@@ -135,7 +134,7 @@ class SegmentEmbedPass(SegmentPass):
 
     def prepare(self, image: ImageSegments, state: Any) -> list[Any]:
         embedder: ImageEmbedder = state
-        params: SegmentEmbedParams = self.params  # type: ignore[assignment]
+        params = self.params
         fill = self.fill_colour(embedder)
         rgb = image.rgb
         if rgb is None:  # pragma: no cover - load_image sets it or an error
@@ -168,24 +167,28 @@ class SegmentEmbedPass(SegmentPass):
         return table.cast(self.output_schema())
 
 
+@register
 class ClipSegmentEmbedPass(SegmentEmbedPass):
     name = "segment-embed-clip"
     role = "clip"
     description = "PASS 4 CLIP embeddings of masked segment crops"
 
 
+@register
 class DinoSegmentEmbedPass(SegmentEmbedPass):
     name = "segment-embed-dino"
     role = "dino"
     description = "PASS 4 DINOv2 embeddings of masked segment crops"
 
 
-class SegmentStatsPass(SegmentPass):
+@register
+class SegmentStatsPass(SegmentPass[PassParams]):
     """Colour (Lab) and texture (uniform LBP) statistics of every segment's masked pixels."""
 
     name = "segment-stats"
     dataset = "segments/stats"
     version = "v1"
+    stage = 4
     Params = PassParams
     description = "PASS 4 Lab histogram and LBP texture of each segment"
 
@@ -222,3 +225,6 @@ class SegmentStatsPass(SegmentPass):
             errors.append(None if ok else str(p))
         table = pa.table({**self.key_columns(rows), **cols, "error": errors})
         return table.cast(self.output_schema())
+
+
+register_alias("segment-embed", ("segment-embed-clip", "segment-embed-dino", "segment-stats"))

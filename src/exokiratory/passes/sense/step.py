@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.core.decode import WORKING_SIZE, load_working_image
+from exokiratory.engine.registry import register
 from exokiratory.engine.step import BatchContext, ImagePass, PassParams
 from exokiratory.passes.sense.hashes import HASH_COLUMNS, compute_hashes
 from exokiratory.passes.sense.signals import SIGNALS_SCHEMA, compute_signals
@@ -55,10 +56,12 @@ class SenseParams(PassParams):
     background: tuple[int, int, int] = Field((255, 255, 255), description="alpha background RGB")
 
 
-class SensePass(ImagePass):
+@register
+class SensePass(ImagePass[SenseParams]):
     name = "sense"
     dataset = "features/global"
     version = "v1"
+    stage = 1
     Params = SenseParams
     description = "PASS 1 cheap global signals: size, EXIF, hashes, colour, sharpness, FFT, text"
 
@@ -70,7 +73,7 @@ class SensePass(ImagePass):
         return SENSE_SCHEMA
 
     def process_image(self, unit: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
-        params: SenseParams = self.params  # type: ignore[assignment]
+        params = self.params
         data = unit["data"]
         img = load_working_image(
             data,

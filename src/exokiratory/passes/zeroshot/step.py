@@ -45,8 +45,16 @@ from exokiratory.core.prompts import (
     load_registry,
     registry_text,
 )
-from exokiratory.engine.step import MODEL_MODULES, Derivation, Pass, PassParams, missing_modules
+from exokiratory.engine.registry import register
+from exokiratory.engine.step import (
+    MODEL_MODULES,
+    Derivation,
+    PassParams,
+    Step,
+    missing_modules,
+)
 from exokiratory.models.registry import ModelSpec, resolve
+from exokiratory.passes.embed.step import EmbedPass
 from exokiratory.search.indices import embedding_matrix
 
 if TYPE_CHECKING:
@@ -134,11 +142,12 @@ def _batches(catalog: Catalog, sql: str, rows: int) -> Iterator[pa.RecordBatch]:
     yield from reader
 
 
-class ZeroShotDerivation(Derivation):
+@register
+class ZeroShotDerivation(Derivation[ZeroShotParams]):
     name = "zeroshot"
     dataset = ZEROSHOT_DATASET
     version = "v1"
-    depends_on = ("embed-clip",)
+    stage = 2
     reads = ("embed-clip",)
     Params = ZeroShotParams
     description = "CLIP zero-shot probabilities per image from prompts/prompt_registry.yaml"
@@ -147,12 +156,12 @@ class ZeroShotDerivation(Derivation):
         super().__init__(params)
         self.spec: ModelSpec = resolve("clip", "lite")
 
-    def bind(self, passes: Sequence[Pass]) -> None:
+    def bind(self, steps: Sequence[Step[Any]]) -> None:
         """Read the embeddings of the configured ``embed-clip`` pass and use its model."""
-        super().bind(passes)
-        for p in passes:
-            if p.name == "embed-clip":
-                self.spec = p.spec  # type: ignore[attr-defined]
+        super().bind(steps)
+        for s in steps:
+            if isinstance(s, EmbedPass) and s.name == "embed-clip":
+                self.spec = s.spec
 
     def in_all(self, configured: bool) -> bool:
         """Only once ``embed-clip`` is configured (the workspace passes its dependency's)."""
@@ -165,7 +174,7 @@ class ZeroShotDerivation(Derivation):
         return ZEROSHOT_SCHEMA
 
     def prompt_set(self, storage: Storage) -> PromptSet:
-        params: ZeroShotParams = self.params  # type: ignore[assignment]
+        params = self.params
         return load_registry(storage).get(params.prompt_set)
 
     def extra_fingerprint(self, storage: Storage) -> str:
@@ -188,7 +197,7 @@ class ZeroShotDerivation(Derivation):
 
         if "embeddings_clip" not in catalog.views:
             raise RuntimeError("zeroshot needs CLIP embeddings: run `exokiratory run embed-clip`")
-        params: ZeroShotParams = self.params  # type: ignore[assignment]
+        params = self.params
         pset = self.prompt_set(catalog.storage)
         try:
             embedder = load_embedder(self.spec, cache_dir_for(catalog.storage.url), params.device)
