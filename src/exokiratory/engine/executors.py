@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 from exokiratory.core.jobs import JobRecord, utcnow
 from exokiratory.engine.batch import BatchResult, run_batch
@@ -52,6 +52,38 @@ def _worker_context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["exokiratory.engine.batch", "exokiratory.passes"])
     return ctx
+
+
+H = TypeVar("H")
+
+
+def run_bounded(
+    batches: Iterable[Batch],
+    submit: Callable[[Batch], H],
+    wait_any: Callable[[list[H]], Iterable[H]],
+    finish: Callable[[H, Batch], BatchResult],
+    on_done: OnDone,
+    max_in_flight: int,
+) -> None:
+    """Submit batches while fewer than ``max_in_flight`` are running, hand each finished one
+    to ``on_done`` (in the driver) as soon as ``wait_any`` reports it: bounded memory whatever
+    the number of batches. ``submit`` returns a handle (a future, a Ray object ref),
+    ``finish`` turns a finished handle into its result (failures included)."""
+    pending: dict[H, Batch] = {}
+    it = iter(batches)
+    exhausted = False
+    while pending or not exhausted:
+        while not exhausted and len(pending) < max_in_flight:
+            b = next(it, None)
+            if b is None:
+                exhausted = True
+                break
+            pending[submit(b)] = b
+        if not pending:
+            break
+        for handle in wait_any(list(pending)):
+            b = pending.pop(handle)
+            on_done(b, finish(handle, b))
 
 
 class Executor(ABC):
@@ -107,39 +139,35 @@ class LocalExecutor(Executor):
     def _run_pool(
         self, p: Pass, ctx: BatchContext, batches: Iterator[Batch], on_done: OnDone
     ) -> None:
-        max_in_flight = 2 * self.workers
-        pool = self._new_pool()
-        inflight: dict[Future[BatchResult], Batch] = {}
-        exhausted = False
+        pools = [self._new_pool()]  # the current pool is the last; a broken one is replaced
+        of_pool: dict[Future[BatchResult], int] = {}
+
+        def submit(b: Batch) -> Future[BatchResult]:
+            fut = pools[-1].submit(run_batch, p, ctx, b)
+            of_pool[fut] = len(pools) - 1
+            return fut
+
+        def finish(fut: Future[BatchResult], b: Batch) -> BatchResult:
+            generation = of_pool.pop(fut)
+            try:
+                return fut.result()
+            except BrokenProcessPool as exc:  # every batch in flight on that pool fails
+                log.error("%s: a worker process died during batch %s", p.name, b.name)
+                if generation == len(pools) - 1:
+                    pools[-1].shutdown(cancel_futures=True)
+                    pools.append(self._new_pool())
+                return _failed(b, exc)
+            except Exception as exc:
+                log.error("%s: batch %s failed: %s", p.name, b.name, exc)
+                return _failed(b, exc)
+
+        def wait_any(pending: list[Future[BatchResult]]) -> Iterable[Future[BatchResult]]:
+            return wait(pending, return_when=FIRST_COMPLETED)[0]
+
         try:
-            while inflight or not exhausted:
-                while not exhausted and len(inflight) < max_in_flight:
-                    b = next(batches, None)
-                    if b is None:
-                        exhausted = True
-                        break
-                    inflight[pool.submit(run_batch, p, ctx, b)] = b
-                if not inflight:
-                    break
-                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    b = inflight.pop(fut)
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool as exc:
-                        log.error("%s: a worker process died during batch %s", p.name, b.name)
-                        res = _failed(b, exc)
-                        pool.shutdown(cancel_futures=True)
-                        pool = self._new_pool()
-                        for other_fut, other in list(inflight.items()):
-                            on_done(other, _failed(other, exc))
-                            inflight.pop(other_fut)
-                    except Exception as exc:
-                        log.error("%s: batch %s failed: %s", p.name, b.name, exc)
-                        res = _failed(b, exc)
-                    on_done(b, res)
+            run_bounded(batches, submit, wait_any, finish, on_done, 2 * self.workers)
         finally:
-            pool.shutdown(cancel_futures=True)
+            pools[-1].shutdown(cancel_futures=True)
 
 
 class RayExecutor(Executor):
@@ -176,28 +204,15 @@ class RayExecutor(Executor):
             return
         remote = ray.remote(num_cpus=1, max_retries=2)(run_batch)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        max_in_flight = 2 * max(1, self.workers or total_cpus)
-        pending: dict[Any, Batch] = {}
-        it = iter(batches)
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < max_in_flight:
-                b = next(it, None)
-                if b is None:
-                    exhausted = True
-                    break
-                pending[remote.remote(p, ctx, b)] = b
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                b = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as exc:
-                    log.error("%s: batch %s failed on ray: %s", p.name, b.name, exc)
-                    res = _failed(b, exc)
-                on_done(b, res)
+
+        run_bounded(
+            batches,
+            lambda b: remote.remote(p, ctx, b),
+            lambda pending: ray.wait(pending, num_returns=1)[0],
+            lambda ref, b: _ray_result(ray, ref, b, p.name),
+            on_done,
+            2 * max(1, self.workers or total_cpus),
+        )
 
     def _run_on_actors(
         self, ray: Any, p: Pass, ctx: BatchContext, batches: Iterable[Batch], on_done: OnDone
@@ -212,34 +227,40 @@ class RayExecutor(Executor):
         )(BatchActor)
         actors = [actor_cls.remote() for _ in range(n_actors)]
         load = dict.fromkeys(range(n_actors), 0)
-        pending: dict[Any, tuple[Batch, int]] = {}
-        it = iter(batches)
-        exhausted = False
-        try:
-            while pending or not exhausted:
-                while not exhausted and min(load.values()) < 2:
-                    b = next(it, None)
-                    if b is None:
-                        exhausted = True
-                        break
-                    a = min(load, key=lambda i: (load[i], i))
-                    load[a] += 1
-                    pending[actors[a].run.remote(p, ctx, b)] = (b, a)
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    b, a = pending.pop(ref)
-                    load[a] -= 1
-                    try:
-                        res = ray.get(ref)
-                    except Exception as exc:
-                        log.error("%s: batch %s failed on a ray actor: %s", p.name, b.name, exc)
-                        res = _failed(b, exc)
-                    on_done(b, res)
+        on_actor: dict[Any, int] = {}
+
+        def submit(b: Batch) -> Any:
+            a = min(load, key=lambda i: (load[i], i))
+            load[a] += 1
+            ref = actors[a].run.remote(p, ctx, b)
+            on_actor[ref] = a
+            return ref
+
+        def finish(ref: Any, b: Batch) -> BatchResult:
+            load[on_actor.pop(ref)] -= 1
+            return _ray_result(ray, ref, b, p.name)
+
+        try:  # at most two batches wait per actor
+            run_bounded(
+                batches,
+                submit,
+                lambda pending: ray.wait(pending, num_returns=1)[0],
+                finish,
+                on_done,
+                2 * n_actors,
+            )
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+def _ray_result(ray: Any, ref: Any, b: Batch, pass_name: str) -> BatchResult:
+    try:
+        result: BatchResult = ray.get(ref)
+        return result
+    except Exception as exc:
+        log.error("%s: batch %s failed on ray: %s", pass_name, b.name, exc)
+        return _failed(b, exc)
 
 
 class BatchActor:
