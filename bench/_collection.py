@@ -8,32 +8,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from exokiratory.demo.data import SAMPLE_PHOTOS
+
 
 def real_photo_paths() -> list[Path]:
     import skimage
     import sklearn
 
     sk = Path(skimage.__file__).parent / "data"
-    names = [
-        "astronaut.png",
-        "coffee.png",
-        "chelsea.png",
-        "rocket.jpg",
-        "camera.png",
-        "coins.png",
-        "motorcycle_left.png",
-        "hubble_deep_field.jpg",
-        "retina.jpg",
-        "ihc.png",
-        "brick.png",
-        "grass.png",
-        "gravel.png",
-        "moon.png",
-        "page.png",
-        "text.png",
-        "color.png",
-        "logo.png",
-    ]
+    names = [*SAMPLE_PHOTOS, "page.png", "text.png", "color.png", "logo.png"]
     out = [sk / n for n in names if (sk / n).exists()]
     out += [
         Path(sklearn.__file__).parent / "datasets" / "images" / n

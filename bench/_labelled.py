@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from exokiratory.demo.data import SAMPLE_PHOTOS
+
 PDF_GLOBS = ("/usr/share/doc/**/*.pdf", "/usr/share/doc/**/*.pdf.gz")
 PAGES_PER_PDF = 6
 HUMAN_PHOTOS = {"astronaut", "camera"}
@@ -99,23 +101,7 @@ def build_labelled(root: Path, with_lfw: bool = True) -> list[Labelled]:
     photos = root / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     sk = Path(skimage.__file__).parent / "data"
-    for name in (
-        "astronaut.png",
-        "coffee.png",
-        "chelsea.png",
-        "rocket.jpg",
-        "camera.png",
-        "coins.png",
-        "moon.png",
-        "grass.png",
-        "gravel.png",
-        "motorcycle_left.png",
-        "hubble_deep_field.jpg",
-        "retina.jpg",
-        "brick.png",
-        "ihc.png",
-        "cell.png",
-    ):
+    for name in SAMPLE_PHOTOS:
         shutil.copy(sk / name, photos / name)
         human = Path(name).stem in HUMAN_PHOTOS
         items.append(Labelled(photos / name, "photo", human, False))

@@ -6,30 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from exokiratory.demo.data import SAMPLE_PHOTOS
+
 os.environ.setdefault("EXOKIRATORY_PROGRESS", "0")
 
 SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "camera.png", "chelsea.png")
 
-#: Natural photos shipped with scikit-image, one list for every test that needs real photos
-#: (tests take prefixes of it).
-NATURAL_PHOTOS = (
-    "astronaut.png",
-    "coffee.png",
-    "chelsea.png",
-    "rocket.jpg",
-    "camera.png",
-    "coins.png",
-    "moon.png",
-    "grass.png",
-    "gravel.png",
-    "motorcycle_left.png",
-    "hubble_deep_field.jpg",
-    "retina.jpg",
-    "brick.png",
-    "ihc.png",
-    "color.png",
-    "cell.png",
-)
+#: Natural photos shipped with scikit-image (plus its synthetic colour chart before the last
+#: one), one list for every test that needs real photos (tests take prefixes of it).
+NATURAL_PHOTOS = (*SAMPLE_PHOTOS[:14], "color.png", SAMPLE_PHOTOS[14])
 
 
 def skimage_data_dir() -> Path:

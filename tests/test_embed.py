@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from exokiratory import Workspace
 from exokiratory.core.config import render_config
 
-from .conftest import skimage_data_dir
+from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("embed")
     src = root / "src"
     src.mkdir()
-    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"):
+    for name in NATURAL_PHOTOS[:5]:
         shutil.copy(skimage_data_dir() / name, src / name)
     from PIL import Image
 
@@ -111,7 +111,7 @@ def test_model_passes_join_run_all_only_when_configured(tmp_path: Path) -> None:
 def test_an_unloadable_model_fails_the_pass_once(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("astronaut.png", "coffee.png", "chelsea.png"):
+    for name in NATURAL_PHOTOS[:3]:
         shutil.copy(skimage_data_dir() / name, src / name)
     empty_model = tmp_path / "not-a-model"
     empty_model.mkdir()

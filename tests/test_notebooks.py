@@ -12,7 +12,7 @@ import pytest
 from exokiratory import Workspace
 from exokiratory.core.config import RunConfig
 
-from .conftest import skimage_data_dir
+from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -67,7 +67,7 @@ def _outputs_text(nb: nbformat.NotebookNode) -> str:
 def test_notebooks_run_in_order_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "photos"
     src.mkdir()
-    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
+    for name in NATURAL_PHOTOS[:4]:
         shutil.copy(skimage_data_dir() / name, src / name)
     root = tmp_path / "ws"
     monkeypatch.setenv("EXOKIRATORY_WORKSPACE", str(root))

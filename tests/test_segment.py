@@ -30,7 +30,7 @@ from exokiratory.passes.segment import amg
 from exokiratory.passes.segment.params import MaskGenerationParams
 from exokiratory.passes.segment.rle import decode_rle
 
-from .conftest import skimage_data_dir, table_rows
+from .conftest import NATURAL_PHOTOS, skimage_data_dir, table_rows
 
 #: permissive filters: random-weight masks are noise, so SAM's quality thresholds would drop all
 TEST_PARAMS = {
@@ -44,7 +44,7 @@ TEST_PARAMS = {
     "min_thickness_pixels": 0.0,
     "min_area_fraction": 0.001,
 }
-PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
+PHOTOS = NATURAL_PHOTOS[:4]
 
 
 def _source(

@@ -17,7 +17,7 @@ from exokiratory.core.prompts import (
     parse_registry,
 )
 
-from .conftest import skimage_data_dir
+from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
 GOOD = """
 prompt_sets:
@@ -156,7 +156,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("zeroshot")
     src = root / "src"
     src.mkdir()
-    for name in ("astronaut.png", "coffee.png", "chelsea.png"):
+    for name in NATURAL_PHOTOS[:3]:
         shutil.copy(skimage_data_dir() / name, src / name)
     w = Workspace.init(root / "ws", [str(src)])
     w.config.passes["embed-clip"] = {"model": "tiny", "routed_only": False}

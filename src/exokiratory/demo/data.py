@@ -239,6 +239,26 @@ class _Writer:
 
 # --------------------------------------------------------------------------- photos
 
+#: Natural photos shipped inside the scikit-image wheel, in a fixed order: the one list that
+#: tests, benchmarks and labelled sets take (prefixes of) when they need real photographs.
+SAMPLE_PHOTOS: tuple[str, ...] = (
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "grass.png",
+    "gravel.png",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "brick.png",
+    "ihc.png",
+    "cell.png",
+)
+
 #: (shipped file, relpath in the collection, note). Suffixes decide the re-encoding; a ``.jpg``
 #: from a ``.jpg`` is a byte copy.
 _PHOTOS: tuple[tuple[str, str, str], ...] = (

@@ -1,5 +1,6 @@
-"""What every model loader shares: a process-wide cache of loaded models, and the one-time,
-race-safe build of a tiny random-weight checkpoint into the workspace's model cache."""
+"""What every model loader shares: a process-wide cache of loaded models, the one-time,
+race-safe build of a tiny random-weight checkpoint into the workspace's model cache, and
+:func:`load_through_cache`, the one path by which a loader turns a spec into a model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import tempfile
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from exokiratory.models.registry import ModelSpec
 
 T = TypeVar("T")
 
@@ -63,3 +67,40 @@ def build_once(target: Path, build: Callable[[Path], object]) -> str:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return str(target.resolve())
+
+
+def model_source(
+    spec: ModelSpec, cache_dir: Path, build_tiny: Callable[[Path], object] | None = None
+) -> str:
+    """Where ``from_pretrained`` loads ``spec`` from: its hub id or local folder, or, for the
+    ``tiny`` profile, the random-weight checkpoint ``build_tiny`` writes (once) under
+    ``cache_dir`` (the same ``from_pretrained`` call then loads it like a real one)."""
+    if not spec.is_tiny:
+        return spec.model_id
+    if build_tiny is None:
+        raise ValueError(f"{spec.role}: no tiny random-weight model is defined for this role")
+    from exokiratory.models.registry import model_slug
+
+    return build_once(cache_dir / model_slug(spec.model_id), build_tiny)
+
+
+def load_through_cache(
+    cache: ModelCache[T],
+    spec: ModelSpec,
+    cache_dir: str | Path,
+    device: str,
+    load: Callable[[str, Path, str], T],
+    *,
+    build_tiny: Callable[[Path], object] | None = None,
+    use_cache: bool = True,
+) -> T:
+    """The model for ``spec`` on ``device`` (``auto`` resolved), loaded once per process:
+    ``load(source, cache_dir, device)`` runs on a cache miss (see :func:`model_source`)."""
+    from exokiratory.models.device import pick_device
+
+    resolved = pick_device(device)
+    folder = Path(cache_dir)
+    source = model_source(spec, folder, build_tiny)
+    return cache.get_or_load(
+        (spec, resolved, source), lambda: load(source, folder, resolved), use_cache
+    )

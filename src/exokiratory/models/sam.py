@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, build_once
-from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
-from exokiratory.models.registry import ModelSpec, model_slug
+from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.device import pick_dtype, run_with_oom_backoff
+from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
 
 _RESAMPLE = {0: Image.Resampling.NEAREST, 2: Image.Resampling.BILINEAR, 3: Image.Resampling.BICUBIC}
@@ -185,11 +185,14 @@ def load_segmenter(
     """Load (or reuse) the segmenter for ``spec`` on ``device`` (see module docstring)."""
     if spec.role != "sam":
         raise ValueError(f"load_segmenter needs a 'sam' model spec, got role {spec.role!r}")
-    resolved = pick_device(device)
-    source = _source(spec, Path(cache_dir))
-    key = (spec, resolved, source)
-    return _CACHE.get_or_load(
-        key, lambda: _load(spec, source, Path(cache_dir), resolved), use_cache
+    return load_through_cache(
+        _CACHE,
+        spec,
+        cache_dir,
+        device,
+        lambda source, folder, dev: _load(spec, source, folder, dev),
+        build_tiny=build_tiny_sam,
+        use_cache=use_cache,
     )
 
 
@@ -213,13 +216,6 @@ def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> Segment
     model = cls.from_pretrained(source, **common).eval().to(device=device, dtype=dtype)
     geometry = SamInputGeometry.from_config(_processor_config(source, common))
     return Segmenter(spec, model, geometry, device, dtype)
-
-
-def _source(spec: ModelSpec, cache_dir: Path) -> str:
-    """Where ``from_pretrained`` loads ``spec`` from, building the tiny model if needed."""
-    if not spec.is_tiny:
-        return spec.model_id
-    return build_once(cache_dir / model_slug(spec.model_id), build_tiny_sam)
 
 
 # -- tiny random-weight SAM ------------------------------------------------------------------

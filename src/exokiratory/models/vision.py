@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, build_once
-from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
-from exokiratory.models.registry import ModelSpec, check_role, model_slug
+from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.device import pick_dtype, run_with_oom_backoff
+from exokiratory.models.registry import ModelSpec, check_role
 
 DEFAULT_BATCH_SIZE = 32
 _PROCESSOR_FILE = "preprocessor_config.json"
@@ -284,30 +284,26 @@ def load_embedder(
     Loaded embedders are kept in a process-wide cache keyed by spec, device and source.
     """
     check_role(spec.role)
-    resolved_device = pick_device(device)
-    source = _source(spec, Path(cache_dir))
-    key = (spec, resolved_device, source)
-    return _CACHE.get_or_load(
-        key, lambda: _load(spec, source, Path(cache_dir), resolved_device), use_cache
+    from exokiratory.models.tiny import build_tiny_clip, build_tiny_dinov2
+
+    builders: dict[str, Callable[[Path], object]] = {
+        "clip": build_tiny_clip,
+        "dino": build_tiny_dinov2,
+    }
+    return load_through_cache(
+        _CACHE,
+        spec,
+        cache_dir,
+        device,
+        lambda source, folder, dev: _load(spec, source, folder, dev),
+        build_tiny=builders[spec.role],
+        use_cache=use_cache,
     )
 
 
 def clear_cache() -> None:
     """Forget every cached embedder (their memory is freed once unreferenced)."""
     _CACHE.clear()
-
-
-def _source(spec: ModelSpec, cache_dir: Path) -> str:
-    """Where ``from_pretrained`` loads ``spec`` from, building a tiny model if needed."""
-    if not spec.is_tiny:
-        return spec.model_id
-    from exokiratory.models.tiny import build_tiny_clip, build_tiny_dinov2
-
-    builders: dict[str, Callable[[str | Path], Path]] = {
-        "clip": build_tiny_clip,
-        "dino": build_tiny_dinov2,
-    }
-    return build_once(cache_dir / model_slug(spec.model_id), builders[spec.role])
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> ImageEmbedder:

@@ -136,29 +136,29 @@ class EmbeddingModel:
         return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=pa.array(~valid))
 
 
-class EmbedPass(ImagePass[EmbedParams]):
-    """Base of the CLIP and DINOv2 embedding passes."""
+class EmbeddingModelStep:
+    """What the image and the segment embedding passes share: their model (by ``role`` and
+    the ``model``/``revision``/``device``/dtype parameters), when they join ``run all``, what
+    they need installed, and their ``embedding`` column."""
 
     role: ClassVar[str]
-    dataset = "embeddings"
-    version = "v1"
-    stage = 1
-    resources = Resource.GPU
-    reads = ("flags",)  # images_routed
-    Params = EmbedParams
+    name: ClassVar[str]
+    workspace_url: str | None
+
+    @property
+    def model_params(self) -> ModelParams:
+        params = getattr(self, "params")  # noqa: B009 - the Step's typed params
+        if not isinstance(params, ModelParams):
+            raise TypeError(f"{self.name}: parameters are not model parameters")
+        return params
 
     @property
     def embedding_model(self) -> EmbeddingModel:
-        params = self.params
-        return EmbeddingModel(self.role, params, self.name)
+        return EmbeddingModel(self.role, self.model_params, self.name)
 
     @property
     def spec(self) -> ModelSpec:
         return self.embedding_model.spec
-
-    @property
-    def view_name(self) -> str:
-        return f"embeddings_{self.role}"
 
     def in_all(self, configured: bool) -> bool:
         """Model passes download weights: ``run all`` includes them only once the workspace
@@ -168,13 +168,34 @@ class EmbedPass(ImagePass[EmbedParams]):
     def missing_requirement(self) -> str | None:
         return self.embedding_model.missing_requirement()
 
+    def model_version(self, version: str, suffix: str = "") -> str:
+        return f"{version}:{self.spec.model_id}@{self.spec.revision or 'main'}{suffix}"
+
+    def embedding_field(self) -> pa.Field:
+        return pa.field("embedding", self.embedding_model.embedding_type(self.workspace_url))
+
+
+class EmbedPass(EmbeddingModelStep, ImagePass[EmbedParams]):
+    """Base of the CLIP and DINOv2 embedding passes."""
+
+    dataset = "embeddings"
+    version = "v1"
+    stage = 1
+    resources = Resource.GPU
+    reads = ("flags",)  # images_routed
+    Params = EmbedParams
+
+    @property
+    def view_name(self) -> str:
+        return f"embeddings_{self.role}"
+
     @property
     def output_rel(self) -> str:
         return f"embeddings/{self.spec.space}/{model_slug(self.spec.model_id)}"
 
     @property
     def full_version(self) -> str:
-        return f"{self.version}:{self.spec.model_id}@{self.spec.revision or 'main'}"
+        return self.model_version(self.version)
 
     def units(self, catalog: Catalog) -> pa.Table:
         if self.is_routed and "images_routed" in catalog.views:
@@ -189,7 +210,7 @@ class EmbedPass(ImagePass[EmbedParams]):
             [
                 pa.field("image_id", pa.string(), nullable=False),
                 pa.field("image_idx", pa.int64(), nullable=False),
-                pa.field("embedding", self.embedding_model.embedding_type(self.workspace_url)),
+                self.embedding_field(),
                 pa.field("model_id", pa.string()),
                 pa.field("revision", pa.string()),
                 pa.field("error", pa.string()),

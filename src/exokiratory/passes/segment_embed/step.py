@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +37,8 @@ from pydantic import Field
 
 from exokiratory.engine.registry import register, register_alias
 from exokiratory.engine.step import BatchContext, PassParams, Resource
-from exokiratory.models.registry import ModelSpec, model_slug
-from exokiratory.passes.embed.step import EmbeddingModel, ModelParams
+from exokiratory.models.registry import model_slug
+from exokiratory.passes.embed.step import EmbeddingModelStep, ModelParams
 from exokiratory.passes.segment_embed.base import SEGMENT_KEY_FIELDS, ImageSegments, SegmentPass
 from exokiratory.passes.segment_embed.crops import RGB, masked_crop, mean_fill
 from exokiratory.passes.segment_embed.stats import STATS_FIELDS, ImageStats
@@ -60,10 +60,9 @@ class SegmentEmbedParams(ModelParams):
     )
 
 
-class SegmentEmbedPass(SegmentPass[SegmentEmbedParams]):
+class SegmentEmbedPass(EmbeddingModelStep, SegmentPass[SegmentEmbedParams]):
     """Base of the CLIP and DINOv2 segment embedding passes."""
 
-    role: ClassVar[str]
     dataset = "segments/embeddings"
     version = "v1"
     stage = 4
@@ -71,29 +70,12 @@ class SegmentEmbedPass(SegmentPass[SegmentEmbedParams]):
     Params = SegmentEmbedParams
 
     @property
-    def embedding_model(self) -> EmbeddingModel:
-        params = self.params
-        return EmbeddingModel(self.role, params, self.name)
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.embedding_model.spec
-
-    @property
     def decode_threads(self) -> int:
-        params = self.params
-        return params.decode_threads
+        return self.params.decode_threads
 
     @property
     def view_name(self) -> str:
         return f"segment_embeddings_{self.role}"
-
-    def in_all(self, configured: bool) -> bool:
-        """Model passes download weights: in ``run all`` only once configured."""
-        return configured
-
-    def missing_requirement(self) -> str | None:
-        return self.embedding_model.missing_requirement()
 
     def _crop_digest(self) -> str:
         """'' for the default crop geometry, else ``-crop<digest>`` of margin and fill."""
@@ -110,13 +92,13 @@ class SegmentEmbedPass(SegmentPass[SegmentEmbedParams]):
 
     @property
     def full_version(self) -> str:
-        return f"{self.version}:{self.spec.model_id}@{self.spec.revision or 'main'}{self._crop_digest()}"
+        return self.model_version(self.version, self._crop_digest())
 
     def output_schema(self) -> pa.Schema:
         return pa.schema(
             [
                 *SEGMENT_KEY_FIELDS,
-                pa.field("embedding", self.embedding_model.embedding_type(self.workspace_url)),
+                self.embedding_field(),
                 pa.field("model_id", pa.string()),
                 pa.field("revision", pa.string()),
                 pa.field("error", pa.string()),
