@@ -1,4 +1,4 @@
-"""Workspace layout: every relative path the workspace uses, in one place (see DESIGN.md)."""
+"""Workspace layout: every relative path the workspace uses, in one place (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ JOBS = "manifests/jobs"
 SCAN_LOCK = "manifests/.scan.lock"
 DATA_IMAGES = "data/images"
 
-#: Folders created by ``init`` (DESIGN.md "Workspace layout").
+#: PASS 8, generative probing: img2img / ControlNet outputs and their re-embeddings. The family
+#: is called ``genprobe`` everywhere (folder, pass names, views ``genprobe_*``) so it is never
+#: confused with ``probe``, the decode check of every image.
+GENPROBE = "genprobe"
+
+#: Folders created by ``init`` (docs/architecture.md "Storage layout").
 DIRECTORIES: tuple[str, ...] = (
     "data/images",
     IMAGES,
@@ -30,7 +35,7 @@ DIRECTORIES: tuple[str, ...] = (
     "semantics/depth",
     "semantics/detect",
     "synthesis",
-    "probes",
+    GENPROBE,
     "prompts",
     "indices",
     "reports",

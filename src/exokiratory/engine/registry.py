@@ -47,6 +47,11 @@ def register(cls: S) -> S:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget a step (a plugin unloaded, a test's example step); unknown names are ignored."""
+    _STEPS.pop(name, None)
+
+
 def register_alias(alias: str, members: tuple[str, ...]) -> None:
     """A command-line name that stands for several steps (``embed`` = both embedding passes)."""
     _ALIASES[alias] = members
