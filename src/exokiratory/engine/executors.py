@@ -10,9 +10,14 @@ Both call ``on_done`` in the driver for every finished batch, which logs it to t
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -86,6 +91,31 @@ def run_bounded(
             on_done(b, finish(handle, b))
 
 
+def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Worker initialiser: end this process as soon as ``parent_pid`` (the runner) is gone, so
+    a killed ``run`` leaves no worker writing parts behind it. On Linux the kernel signals the
+    worker when its own parent dies (``PR_SET_PDEATHSIG``; a worker's parent is the fork
+    server, which exits with the runner); everywhere a daemon thread also polls the runner."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl: the thread below still watches
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
+
+
 class Executor(ABC):
     name: str
 
@@ -134,7 +164,12 @@ class LocalExecutor(Executor):
             b = nxt
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=_worker_context())
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=_worker_context(),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def _run_pool(
         self, p: Pass, ctx: BatchContext, batches: Iterator[Batch], on_done: OnDone

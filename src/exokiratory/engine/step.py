@@ -61,6 +61,7 @@ import fsspec
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exokiratory.core.paths import from_stored
 from exokiratory.engine.threads import in_threads
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class BatchContext:
                 if path.startswith(src.rstrip("/") + "/"):
                     opts = o
                     break
-        with fsspec.open(path, "rb", **opts) as fh:
+        with fsspec.open(from_stored(path), "rb", **opts) as fh:
             data: bytes = fh.read()
         return data
 

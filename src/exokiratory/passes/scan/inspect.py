@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from exokiratory.core.decode import pil_limit_lifted
+from exokiratory.core.paths import from_stored
 from exokiratory.passes.scan.sniff import (
     HEAD_BYTES,
     IMAGE_EXTENSIONS,
@@ -72,7 +73,7 @@ def _read(path: str, fs: Any | None) -> tuple[str, int, bytes, bytes, bytes | No
         size = 0
         head = b""
         tail = b""
-        with open(path, "rb", buffering=0) as fh:
+        with open(from_stored(path), "rb", buffering=0) as fh:
             buf = bytearray(CHUNK)
             view = memoryview(buf)
             while True:
@@ -151,7 +152,7 @@ def _header(
             if data is not None:
                 with Image.open(io.BytesIO(data)) as im:
                     return int(im.width), int(im.height), None
-            with Image.open(path) as im:
+            with Image.open(from_stored(path)) as im:
                 return int(im.width), int(im.height), None
     except UnidentifiedImageError:
         return None, None, "cannot parse image header (no decoder for this format or corrupt)"

@@ -7,6 +7,7 @@ become entries with an ``error`` instead of exceptions. Remote walks use fsspec'
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -17,6 +18,8 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from exokiratory.core.paths import to_stored
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ def _walk_local(
             _visit(item, follow, stack, seen_dirs, entries)
         if on_folder is not None:
             on_folder(len(items))
+    # names that are not UTF-8 are stored losslessly in an escaped form (core.paths)
+    entries = [dataclasses.replace(e, path=to_stored(e.path)) for e in entries]
     entries.sort(key=lambda e: e.path)
     return WalkResult(entries, folder_errors, complete=not folder_errors)
 
@@ -121,12 +126,26 @@ def _visit(
     if stat_mod.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
-            log.debug("skipping folder already visited (symlink loop?): %s", item.path)
+            log.warning("skipping a folder already visited (a symlink loop?): %s", item.path)
             return
         seen_dirs.add(key)
         stack.append(item.path)
     elif stat_mod.S_ISREG(st.st_mode):
         entries.append(Entry(item.path, st.st_size, st.st_mtime_ns))
+    else:  # a FIFO, socket or device: never opened (a read could block forever)
+        entries.append(Entry(item.path, None, None, f"not a regular file: {_kind(st.st_mode)}"))
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat_mod.S_ISFIFO, "named pipe (FIFO)"),
+        (stat_mod.S_ISSOCK, "socket"),
+        (stat_mod.S_ISCHR, "character device"),
+        (stat_mod.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _walk_fsspec(fs: fsspec.AbstractFileSystem, root: str, include_hidden: bool) -> WalkResult:
