@@ -1,13 +1,18 @@
 """The jobs log (manifests/jobs/): one row per batch run, flushed in few, large parts.
 
 Rows are buffered and written as one part every ``flush_seconds`` and when the run ends, so a
-run of thousands of batches does not write thousands of tiny files. A killed run loses at most the
-unflushed log rows, never data: progress is always read from the output parts themselves.
+run of thousands of batches does not write thousands of tiny files. Each batch's record is also
+written durably, with no extra file: inside the footer of the part the batch wrote (Parquet
+key-value metadata ``exokiratory.job``, part of the same atomic write). A run killed before it
+flushed its log loses no record: the next run of the pass finds the parts that the log does not
+name and appends their records (:func:`recover_jobs`, one log part, reading only those footers).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 import socket
 import time
@@ -15,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from exokiratory.core.layout import JOBS
 from exokiratory.core.storage import Storage
@@ -116,3 +122,82 @@ class JobLog:
         self._flushes += 1
         self._rows = []
         self._last_flush = time.monotonic()
+
+
+#: key of the job record in a part's Parquet footer
+JOB_META_KEY = "exokiratory.job"
+
+
+def job_metadata(
+    rec: JobRecord, pass_name: str, pass_version: str, engine: str, run_id: str | None
+) -> dict[str, str]:
+    """The footer metadata that carries one batch's record (see the module docstring)."""
+    return {
+        JOB_META_KEY: json.dumps(
+            {
+                "run_id": run_id or "",
+                "pass_name": pass_name,
+                "pass_version": pass_version,
+                "engine": engine,
+                "batch": rec.batch,
+                "status": rec.status,
+                "n_units": rec.n_units,
+                "n_errors": rec.n_errors,
+                "started_at": rec.started_at.isoformat(),
+                "finished_at": rec.finished_at.isoformat(),
+                "host": rec.host,
+                "pid": rec.pid,
+            }
+        )
+    }
+
+
+def recover_jobs(storage: Storage, pass_name: str, output_rel: str) -> int:
+    """Append the records of the parts of ``output_rel`` that the jobs log does not name (their
+    run was killed before it flushed); returns how many. Reads the log's ``batch`` column and
+    only the footers of those parts; writes one log part, named by its content (a kill and a
+    rerun write the same file)."""
+    parts = storage.list_files(output_rel, ".parquet")
+    if not parts:
+        return 0
+    known = _logged_batches(storage, pass_name)
+    missing = [p for p in parts if p.rsplit("/", 1)[-1] not in known]  # batch = part file name
+    records = [r for r in (_footer_record(storage, p) for p in missing) if r is not None]
+    if not records:
+        return 0
+    table = pa.Table.from_pylist([_row(r, storage, p) for r, p in records], schema=JOBS_SCHEMA)
+    digest = hashlib.sha256("\n".join(p for _r, p in records).encode()).hexdigest()[:16]
+    storage.write_parquet_atomic(f"{JOBS}/part-recovered-{digest}.parquet", table)
+    return len(records)
+
+
+def _logged_batches(storage: Storage, pass_name: str) -> set[str]:
+    out: set[str] = set()
+    for rel in storage.list_files(JOBS, ".parquet"):
+        t = storage.read_parquet(rel, columns=["pass_name", "batch"])
+        names = t.column("pass_name").to_pylist()
+        out.update(
+            b for n, b in zip(names, t.column("batch").to_pylist(), strict=True) if n == pass_name
+        )
+    return out
+
+
+def _footer_record(storage: Storage, rel: str) -> tuple[dict[str, object], str] | None:
+    with storage.fs.open(storage.path(rel), "rb") as fh:
+        meta = pq.read_schema(fh).metadata or {}
+    raw = meta.get(JOB_META_KEY.encode())
+    return (json.loads(raw), rel) if raw else None
+
+
+def _row(rec: dict[str, object], storage: Storage, rel: str) -> dict[str, object]:
+    started = dt.datetime.fromisoformat(str(rec["started_at"]))
+    finished = dt.datetime.fromisoformat(str(rec["finished_at"]))
+    return {
+        **{k: rec[k] for k in ("run_id", "pass_name", "pass_version", "batch", "status")},
+        **{k: rec[k] for k in ("n_units", "n_errors", "engine", "host", "pid")},
+        "bytes_written": int(storage.fs.size(storage.path(rel)) or 0),
+        "started_at": started,
+        "finished_at": finished,
+        "seconds": (finished - started).total_seconds(),
+        "error": None,
+    }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from exokiratory.core.dataset import PartDataset
-from exokiratory.core.jobs import JobRecord, utcnow
+from exokiratory.core.jobs import JobRecord, job_metadata, utcnow
 from exokiratory.core.storage import Storage
 from exokiratory.engine.planner import Batch
 from exokiratory.engine.step import BatchContext, Pass, PassSetupError
@@ -57,19 +57,18 @@ def run_batch(p: Pass, ctx: BatchContext, batch: Batch) -> BatchResult:
         return BatchResult(JobRecord(batch.name, "skipped", batch.n_units, started_at=started))
     table = compute_batch(p, ctx, batch.units)
     n_errors = int(table.column("error").is_valid().to_numpy(zero_copy_only=False).sum())
-    n_bytes = ds.write_part(batch.name, table)
-    return BatchResult(
-        JobRecord(
-            batch.name,
-            "ok",
-            batch.n_units,
-            n_errors=n_errors,
-            bytes_written=n_bytes,
-            started_at=started,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-        )
+    rec = JobRecord(
+        batch.name,
+        "ok",
+        batch.n_units,
+        n_errors=n_errors,
+        started_at=started,
+        host=socket.gethostname(),
+        pid=os.getpid(),
     )
+    meta = job_metadata(rec, p.name, p.full_version, ctx.engine, ctx.run_id)
+    rec.bytes_written = ds.write_part(batch.name, table, meta)
+    return BatchResult(rec)
 
 
 def compute_batch(p: Pass, ctx: BatchContext, units: pa.Table) -> pa.Table:
