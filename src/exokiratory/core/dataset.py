@@ -75,13 +75,13 @@ class PartDataset:
     def part_exists(self, name: str) -> bool:
         return self.storage.exists(f"{self.rel}/{name}")
 
-    def write_part(self, name: str, table: pa.Table, metadata: dict[str, str] | None = None) -> int:
+    def write_part(self, name: str, table: pa.Table) -> int:
         """Write one part atomically (whole or absent). Returns bytes written."""
         if not name.endswith(PART_SUFFIX):
             name += PART_SUFFIX
         if self.schema is not None:
             table = table.select(self.schema.names).cast(self.schema)
-        return self.storage.write_parquet_atomic(f"{self.rel}/{name}", table, metadata)
+        return self.storage.write_parquet_atomic(f"{self.rel}/{name}", table)
 
     def read_raw(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every row of every part, with a ``_part`` column naming its part; no de-duplication."""

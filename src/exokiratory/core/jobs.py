@@ -1,18 +1,19 @@
-"""The jobs log (manifests/jobs/): one row per batch run, flushed in few, large parts.
+"""The jobs log (manifests/jobs/): one row per batch run, in one part per run.
 
-Rows are buffered and written as one part every ``flush_seconds`` and when the run ends, so a
-run of thousands of batches does not write thousands of tiny files. Each batch's record is also
-written durably, with no extra file: inside the footer of the part the batch wrote (Parquet
-key-value metadata ``exokiratory.job``, part of the same atomic write). A run killed before it
-flushed its log loses no record: the next run of the pass finds the parts that the log does not
-name and appends their records (:func:`recover_jobs`, one log part, reading only those footers).
+A run keeps its rows and rewrites its own part, ``part-<run_id>.parquet`` (atomically), at most
+every ``flush_seconds`` (5 s) and when it ends: one file per run however many batches it has,
+and a kill loses at most the last few seconds of records. Those are not lost for good: the next
+run of the pass finds the parts its log does not name and appends a record for each
+(:func:`recover_jobs`: units and errors read from the part, size and time from the file; the
+batch's seconds are unknown, so null), so the figures built on the log count every part.
+Parts themselves carry no run-specific bytes: the same batch writes byte-identical parts
+whatever the executor.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import socket
 import time
@@ -20,7 +21,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from exokiratory.core.layout import JOBS
 from exokiratory.core.storage import Storage
@@ -76,7 +76,7 @@ class JobLog:
         pass_version: str,
         engine: str,
         run_id: str | None = None,
-        flush_seconds: float = 60.0,
+        flush_seconds: float = 5.0,
     ):
         self.storage = storage
         self.pass_name = pass_name
@@ -86,7 +86,7 @@ class JobLog:
         self.flush_seconds = flush_seconds
         self._rows: list[JobRecord] = []
         self._last_flush = time.monotonic()
-        self._flushes = 0
+        self._written = 0
 
     def add(self, rec: JobRecord) -> None:
         self._rows.append(rec)
@@ -94,7 +94,8 @@ class JobLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._rows:
+        """Rewrite this run's part with every row so far (nothing to do if none is new)."""
+        if len(self._rows) == self._written:
             return
         rows = self._rows
         table = pa.table(
@@ -117,87 +118,66 @@ class JobLog:
             },
             schema=JOBS_SCHEMA,
         )
-        name = f"{JOBS}/part-{self.run_id}-{self._flushes:05d}.parquet"
-        self.storage.write_parquet_atomic(name, table)
-        self._flushes += 1
-        self._rows = []
+        self.storage.write_parquet_atomic(f"{JOBS}/part-{self.run_id}.parquet", table)
+        self._written = len(rows)
         self._last_flush = time.monotonic()
 
 
-#: key of the job record in a part's Parquet footer
-JOB_META_KEY = "exokiratory.job"
-
-
-def job_metadata(
-    rec: JobRecord, pass_name: str, pass_version: str, engine: str, run_id: str | None
-) -> dict[str, str]:
-    """The footer metadata that carries one batch's record (see the module docstring)."""
-    return {
-        JOB_META_KEY: json.dumps(
-            {
-                "run_id": run_id or "",
-                "pass_name": pass_name,
-                "pass_version": pass_version,
-                "engine": engine,
-                "batch": rec.batch,
-                "status": rec.status,
-                "n_units": rec.n_units,
-                "n_errors": rec.n_errors,
-                "started_at": rec.started_at.isoformat(),
-                "finished_at": rec.finished_at.isoformat(),
-                "host": rec.host,
-                "pid": rec.pid,
-            }
-        )
-    }
-
-
-def recover_jobs(storage: Storage, pass_name: str, output_rel: str) -> int:
-    """Append the records of the parts of ``output_rel`` that the jobs log does not name (their
-    run was killed before it flushed); returns how many. Reads the log's ``batch`` column and
-    only the footers of those parts; writes one log part, named by its content (a kill and a
+def recover_jobs(storage: Storage, pass_name: str, pass_version: str, output_rel: str) -> int:
+    """Append a record for each part of ``output_rel`` that the jobs log does not name (its run
+    was killed before it flushed); returns how many. Reads the log's ``batch`` column and only
+    those parts' ``error`` column; writes one log part, named by its content (a kill and a
     rerun write the same file)."""
     parts = storage.list_files(output_rel, ".parquet")
     if not parts:
         return 0
     known = _logged_batches(storage, pass_name)
     missing = [p for p in parts if p.rsplit("/", 1)[-1] not in known]  # batch = part file name
-    records = [r for r in (_footer_record(storage, p) for p in missing) if r is not None]
-    if not records:
+    if not missing:
         return 0
-    table = pa.Table.from_pylist([_row(r, storage, p) for r, p in records], schema=JOBS_SCHEMA)
-    digest = hashlib.sha256("\n".join(p for _r, p in records).encode()).hexdigest()[:16]
+    rows = [_recovered_row(storage, rel, pass_name, pass_version) for rel in missing]
+    table = pa.Table.from_pylist(rows, schema=JOBS_SCHEMA)
+    digest = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:16]
     storage.write_parquet_atomic(f"{JOBS}/part-recovered-{digest}.parquet", table)
-    return len(records)
+    return len(rows)
 
 
 def _logged_batches(storage: Storage, pass_name: str) -> set[str]:
     out: set[str] = set()
     for rel in storage.list_files(JOBS, ".parquet"):
         t = storage.read_parquet(rel, columns=["pass_name", "batch"])
-        names = t.column("pass_name").to_pylist()
-        out.update(
-            b for n, b in zip(names, t.column("batch").to_pylist(), strict=True) if n == pass_name
-        )
+        names, batches = t.column("pass_name").to_pylist(), t.column("batch").to_pylist()
+        out.update(b for n, b in zip(names, batches, strict=True) if n == pass_name)
     return out
 
 
-def _footer_record(storage: Storage, rel: str) -> tuple[dict[str, object], str] | None:
-    with storage.fs.open(storage.path(rel), "rb") as fh:
-        meta = pq.read_schema(fh).metadata or {}
-    raw = meta.get(JOB_META_KEY.encode())
-    return (json.loads(raw), rel) if raw else None
-
-
-def _row(rec: dict[str, object], storage: Storage, rel: str) -> dict[str, object]:
-    started = dt.datetime.fromisoformat(str(rec["started_at"]))
-    finished = dt.datetime.fromisoformat(str(rec["finished_at"]))
+def _recovered_row(
+    storage: Storage, rel: str, pass_name: str, pass_version: str
+) -> dict[str, object]:
+    errors = storage.read_parquet(rel, columns=["error"]).column("error")
+    info = storage.fs.info(storage.path(rel))
+    mtime = info.get("mtime") or info.get("created")
+    finished = (
+        mtime
+        if isinstance(mtime, dt.datetime)
+        else dt.datetime.fromtimestamp(float(mtime), dt.UTC)
+        if mtime
+        else None
+    )
     return {
-        **{k: rec[k] for k in ("run_id", "pass_name", "pass_version", "batch", "status")},
-        **{k: rec[k] for k in ("n_units", "n_errors", "engine", "host", "pid")},
-        "bytes_written": int(storage.fs.size(storage.path(rel)) or 0),
-        "started_at": started,
+        "run_id": "recovered",
+        "pass_name": pass_name,
+        "pass_version": pass_version,
+        "batch": rel.rsplit("/", 1)[-1],
+        "status": "ok",
+        "n_units": len(errors),
+        "n_errors": len(errors) - errors.null_count,
+        "bytes_written": int(info.get("size") or 0),
+        "started_at": None,
         "finished_at": finished,
-        "seconds": (finished - started).total_seconds(),
+        "seconds": None,
+        "engine": None,
+        "host": None,
+        "pid": None,
         "error": None,
     }

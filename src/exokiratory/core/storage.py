@@ -152,13 +152,8 @@ class Storage:
             self.fs.rm(full)
 
     # -- parquet -----------------------------------------------------------------------------
-    def write_parquet_atomic(
-        self, rel: str, table: pa.Table, metadata: dict[str, str] | None = None
-    ) -> int:
-        """Write one Parquet file atomically (``metadata``: extra key-value pairs for its
-        footer); returns its size in bytes."""
-        if metadata:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    def write_parquet_atomic(self, rel: str, table: pa.Table) -> int:
+        """Write one Parquet file atomically; returns its size in bytes."""
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", write_statistics=True)
         data = buf.getvalue()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from exokiratory.core.dataset import PartDataset
-from exokiratory.core.jobs import JobRecord, job_metadata, utcnow
+from exokiratory.core.jobs import JobRecord, utcnow
 from exokiratory.core.storage import Storage
 from exokiratory.engine.planner import Batch
 from exokiratory.engine.step import BatchContext, Pass, PassSetupError
@@ -66,8 +66,7 @@ def run_batch(p: Pass, ctx: BatchContext, batch: Batch) -> BatchResult:
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    meta = job_metadata(rec, p.name, p.full_version, ctx.engine, ctx.run_id)
-    rec.bytes_written = ds.write_part(batch.name, table, meta)
+    rec.bytes_written = ds.write_part(batch.name, table)
     return BatchResult(rec)
 
 

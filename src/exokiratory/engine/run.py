@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -80,10 +79,9 @@ def run_pass(
         planned=the_plan.todo.num_rows,
     )
     jobs = JobLog(storage, p.name, p.full_version, executor.name)
-    recovered = recover_jobs(storage, p.name, p.output_rel)  # records of killed runs
+    recovered = recover_jobs(storage, p.name, p.full_version, p.output_rel)
     if recovered:
         log.info("%s: recovered %d batch records of an interrupted run", p.name, recovered)
-    ctx = dataclasses.replace(ctx, run_id=jobs.run_id, engine=executor.name)
     with progress_bar(f"{p.name}", the_plan.todo.num_rows, progress) as advance:
 
         def on_done(batch: Batch, res: BatchResult) -> None:

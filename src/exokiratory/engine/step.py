@@ -133,9 +133,6 @@ class BatchContext:
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_image_pixels: int = 178_956_970
     source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: the run and executor a batch belongs to (recorded with its part, see core.jobs)
-    run_id: str | None = None
-    engine: str = "local"
 
     def read_bytes(self, path: str, source: str | None = None) -> bytes:
         """The bytes of an image file, opened with its source's storage options."""

@@ -2,6 +2,12 @@
 
 The cheapest pass that touches pixels: it finds files whose headers parse but whose data is
 damaged (PASS 0 only reads headers), and records mode, frame count and EXIF orientation.
+
+Pillow decodes a JPEG whose entropy-coded data is corrupt without complaint (the damaged blocks
+come out as garbage); libjpeg notices many such cases and only warns. For JPEG files the probe
+also decodes with libjpeg-turbo in strict mode (``simplejpeg``, when installed) and records its
+warning in ``decode_warning`` ("Corrupt JPEG data: 114 extraneous bytes before marker 0xd9"):
+the image stays readable (no ``error``), and the warning says its pixels may be damaged.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from exokiratory.engine.step import BatchContext, ImagePass
 class ProbePass(ImagePass):
     name = "probe"
     dataset = "features/probe"
-    version = "v1"
+    version = "v1"  # decode_warning was added later: null in parts written before it
     stage = 0
     description = "full decode check: mode, frames, EXIF orientation, decode errors"
 
@@ -35,6 +41,7 @@ class ProbePass(ImagePass):
                 pa.field("mode", pa.string()),
                 pa.field("n_frames", pa.int64()),
                 pa.field("exif_orientation", pa.int64()),
+                pa.field("decode_warning", pa.string()),
                 pa.field("error", pa.string()),
             ]
         )
@@ -57,4 +64,19 @@ class ProbePass(ImagePass):
                 "mode": mode,
                 "n_frames": n_frames,
                 "exif_orientation": int(orientation) if orientation is not None else None,
+                "decode_warning": jpeg_warning(data) if im.format == "JPEG" else None,
             }
+
+
+def jpeg_warning(data: bytes) -> str | None:
+    """libjpeg's warning about corrupt data in a JPEG (strict decode), or None: no warning, or
+    ``simplejpeg`` is not installed."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, fastdct=True, fastupsample=True)
+    except ValueError as exc:
+        return str(exc)
+    return None
