@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 pytest.importorskip("faiss")
 
 from exokiratory.core.config import render_config
+from exokiratory.core.robust import high_side_robust_z
 from exokiratory.passes.flags.embedding import (
     SpaceVectors,
     candidate_pairs,
-    high_side_robust_z,
     knn_distance,
     semantic_duplicates,
 )

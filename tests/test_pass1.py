@@ -172,7 +172,8 @@ def test_large_collections_cap_near_duplicate_thresholds(caplog: pytest.LogCaptu
     import numpy as np
     import pyarrow as pa
 
-    from exokiratory.passes.flags.rules import FlagsParams, near_duplicates
+    from exokiratory.passes.flags.flag_rules import near_duplicates
+    from exokiratory.passes.flags.table import FlagsParams
 
     base = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
     flip10 = np.uint64((1 << 10) - 1)  # a copy 10 bits away in every hash

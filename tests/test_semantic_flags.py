@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exokiratory.core.catalog import fetch_arrow
-from exokiratory.passes.flags.rules import FLAGS_SCHEMA, FlagsParams
 from exokiratory.passes.flags.semantic import (
     CUE_COLUMNS,
     SEMANTIC_FIELDS,
@@ -19,6 +18,7 @@ from exokiratory.passes.flags.semantic import (
     semantic_flag_columns,
     semantic_inputs_sql,
 )
+from exokiratory.passes.flags.table import FLAGS_SCHEMA, FlagsParams
 
 P = SemanticFlagsParams()
 

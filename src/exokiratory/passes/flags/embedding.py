@@ -1,7 +1,7 @@
 """Flags from the global embeddings: semantic near-duplicates and k-NN outliers.
 
 Both read stored vectors (``embeddings_clip`` / ``embeddings_dino``), never pixels, and are
-joined into the flags table by :func:`exokiratory.passes.flags.rules.derive_flags`:
+the flag rules of the ``embed`` family (:mod:`exokiratory.passes.embed.flag_rules`):
 
 * Semantic near-duplicates (SemDeDup, Abbas et al. 2023): images whose embeddings have cosine
   similarity >= ``semantic_duplicate_threshold`` (0.95), in ``semantic_duplicate_space``
@@ -19,7 +19,8 @@ joined into the flags table by :func:`exokiratory.passes.flags.rules.derive_flag
 * Embedding outliers: ``knn_distance_<space>`` = mean cosine distance (1 - cos) to the
   ``embedding_outlier_k`` (10) nearest other images, exact (FAISS flat inner product) up to
   ``EXACT_KNN_MAX`` images, IVF beyond; ``embedding_outlier_score`` = the largest robust
-  z-score (median / MAD, high side only) over the spaces present; ``is_embedding_outlier`` when
+  z-score (median / MAD, high side only: :func:`exokiratory.core.robust.high_side_robust_z`)
+  over the spaces present; ``is_embedding_outlier`` when
   it exceeds ``embedding_outlier_threshold`` (4.0) in a collection of at least
   ``outlier_min_images``.
 """
@@ -34,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from exokiratory.core.robust import median_sigma
 from exokiratory.models.registry import TINY_PREFIX
 from exokiratory.passes.flags.neardup import choose_canonicals, connected_components
 from exokiratory.search.clustering import choose_k, normalise_rows, spherical_kmeans
@@ -215,16 +215,3 @@ class KnnCache:
                 self.storage.remove(old)
         self.storage.write_parquet_atomic(rel, pa.table({"knn_distance": dist}))
         return dist
-
-
-def high_side_robust_z(x: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 MAD), only where positive (far-from-everything is the outlier
-    side of a k-NN distance); 0 for NaN and for a constant input."""
-    ok = np.isfinite(x)
-    out = np.zeros(x.shape, np.float64)
-    stats = median_sigma(x)
-    if stats is None or stats[1] <= 1e-12:
-        return out
-    med, sigma = stats
-    out[ok] = np.maximum(0.0, (x[ok] - med) / sigma)
-    return out

@@ -1,8 +1,9 @@
 """Semantic routing flags: modality, text-heavy, human present, dense scene.
 
 Pure functions from the joined per-image inputs to flag columns; part of the PASS 2 flags
-(:mod:`exokiratory.passes.flags.rules`), thresholds in ``passes.flags`` (:class:`SemanticFlagsParams`). Three
-kinds of evidence, each used when it exists for an image and skipped otherwise:
+(rules ``text_heavy`` and ``semantic`` of :mod:`exokiratory.passes.cues.flag_rules`), thresholds
+in ``passes.flags`` (:class:`SemanticFlagsParams`). Three kinds of evidence, each used when it
+exists for an image and skipped otherwise:
 
 * PASS 1 signals (always, for sensed images; :mod:`exokiratory.passes.sense.signals`);
 * detector cues (the ``cues`` pass: rapidocr's text detector, OpenCV's face cascade;
@@ -53,11 +54,13 @@ Images that were not sensed get nulls (and False flags), like every other flag.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
+from exokiratory.engine.flag_rules import align_rows
 from exokiratory.engine.step import PassParams
 from exokiratory.models.registry import TINY_PREFIX
 
@@ -102,10 +105,15 @@ SEMANTIC_FIELDS: tuple[pa.Field, ...] = (
 )
 
 
-class SemanticFlagsParams(PassParams):
-    """Thresholds of the semantic flags (fields of ``passes.flags``; see the module docstring)."""
+class TextHeavyParams(PassParams):
+    """The text-heavy threshold (the hash near-duplicates use it too)."""
 
     text_heavy_threshold: float = Field(0.6, ge=0, le=1)
+
+
+class SemanticFlagsParams(TextHeavyParams):
+    """Thresholds of the semantic flags (fields of ``passes.flags``; see the module docstring)."""
+
     text_area_full_fraction: float = Field(
         0.15, gt=0, le=1, description="detected text area giving full text evidence"
     )
@@ -140,6 +148,41 @@ def _f32(x: np.ndarray) -> pa.Array:
     return pa.array(np.where(np.isfinite(x), x, np.nan).astype(np.float32), from_pandas=True)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """The inputs of the semantic flags, as float64 arrays aligned with the rows (NaN where
+    missing)."""
+
+    col: dict[str, np.ndarray]
+    area: np.ndarray
+    faces: np.ndarray
+    zs: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, t: pa.Table, inputs: pa.Table | None) -> Evidence:
+        n = t.num_rows
+        return cls(
+            col={c: _f(t, c, n) for c in PASS1_COLUMNS},
+            area=_f(inputs, "text_area_fraction", n),
+            faces=_f(inputs, "n_faces", n),
+            zs={c: _f(inputs, c, n) for c in ZEROSHOT_COLUMNS},
+        )
+
+    @property
+    def has_cues(self) -> np.ndarray:
+        return np.isfinite(self.area) & np.isfinite(self.faces)
+
+    @property
+    def has_zs(self) -> np.ndarray:
+        return np.isfinite(self.zs["zs_photo"]) | np.isfinite(self.zs["zs_person"])
+
+    def text_cue(self, p: SemanticFlagsParams) -> np.ndarray:
+        """PASS 1 text likeness, raised by the detected text area where cues exist."""
+        text_likeness = np.nan_to_num(self.col["text_likeness_score"], nan=0.0)
+        area = _clip(self.area / p.text_area_full_fraction)
+        return np.where(self.has_cues, np.maximum(text_likeness, area), text_likeness)
+
+
 def semantic_flag_columns(
     t: pa.Table, p: SemanticFlagsParams, sensed: np.ndarray, inputs: pa.Table | None = None
 ) -> dict[str, pa.Array]:
@@ -152,50 +195,44 @@ def semantic_flag_columns(
         inputs: cue and zero-shot columns aligned with ``t`` (see :func:`align_inputs`), or
             None when neither exists.
     """
-    n = t.num_rows
-    col = {c: _f(t, c, n) for c in PASS1_COLUMNS}
-    area = _f(inputs, "text_area_fraction", n)
-    faces = _f(inputs, "n_faces", n)
-    zs = {c: _f(inputs, c, n) for c in ZEROSHOT_COLUMNS}
-    has_cues = np.isfinite(area) & np.isfinite(faces)
-    has_zs = np.isfinite(zs["zs_photo"]) | np.isfinite(zs["zs_person"])
-    w = p.zeroshot_weight
+    ev = Evidence.of(t, inputs)
+    return {**text_heavy_columns(ev, p, sensed), **semantic_columns(ev, p, sensed)}
 
-    text_likeness = np.nan_to_num(col["text_likeness_score"], nan=0.0)
-    text_cue = np.where(
-        has_cues, np.maximum(text_likeness, _clip(area / p.text_area_full_fraction)), text_likeness
-    )
-    text_score = _mix(text_cue, zs["zs_text_heavy"], w)
 
-    modality_scores = _modality_scores(col, text_cue, zs, w)
-    best = np.argmax(modality_scores, axis=1)
-
-    face_term = np.where(faces > 0, p.face_confidence, 0.0)
-    no_person = np.ones(n)
-    no_person = np.where(has_cues, no_person * (1 - face_term), no_person)
-    person = zs["zs_person"]
-    no_person = np.where(np.isfinite(person), no_person * (1 - person), no_person)
-    human_known = sensed & (has_cues | np.isfinite(person))
-    human = np.where(human_known, 1 - no_person, np.nan)
-
-    clutter = _clip(np.nan_to_num(col["edge_density"]) / p.dense_edge_density) * _clip(
-        (np.nan_to_num(col["entropy_score"]) - 4.0) / 3.0
-    )
-    dense = _mix(clutter, zs["zs_dense"], w)
-
-    unsensed = ~sensed
-    text_score[unsensed] = np.nan
-    modality_scores[unsensed] = np.nan
-    dense[unsensed] = np.nan
-    modality = np.array(MODALITIES, dtype=object)[best]
-    modality[unsensed] = None
-    sources = np.where(has_cues, "pass1+cues", "pass1").astype(object)
-    sources = np.where(has_zs, sources + "+zeroshot", sources)
-    sources[unsensed] = None
+def text_heavy_columns(
+    ev: Evidence, p: SemanticFlagsParams, sensed: np.ndarray
+) -> dict[str, pa.Array]:
+    """``text_heavy_score`` and ``is_text_heavy``."""
+    text_score = _mix(ev.text_cue(p), ev.zs["zs_text_heavy"], p.zeroshot_weight)
+    text_score[~sensed] = np.nan
     with np.errstate(invalid="ignore"):
         return {
             "text_heavy_score": _f32(text_score),
             "is_text_heavy": pa.array(sensed & (text_score >= p.text_heavy_threshold)),
+        }
+
+
+def semantic_columns(
+    ev: Evidence, p: SemanticFlagsParams, sensed: np.ndarray
+) -> dict[str, pa.Array]:
+    """Every :data:`SEMANTIC_FIELDS` column."""
+    w, unsensed = p.zeroshot_weight, ~sensed
+    modality_scores = _modality_scores(ev.col, ev.text_cue(p), ev.zs, w)
+    best = np.argmax(modality_scores, axis=1)
+    human, human_known = _human_present(ev, p, sensed)
+    clutter = _clip(np.nan_to_num(ev.col["edge_density"]) / p.dense_edge_density) * _clip(
+        (np.nan_to_num(ev.col["entropy_score"]) - 4.0) / 3.0
+    )
+    dense = _mix(clutter, ev.zs["zs_dense"], w)
+    modality_scores[unsensed] = np.nan
+    dense[unsensed] = np.nan
+    modality = np.array(MODALITIES, dtype=object)[best]
+    modality[unsensed] = None
+    sources = np.where(ev.has_cues, "pass1+cues", "pass1").astype(object)
+    sources = np.where(ev.has_zs, sources + "+zeroshot", sources)
+    sources[unsensed] = None
+    with np.errstate(invalid="ignore"):
+        return {
             "modality": pa.array(modality.tolist(), pa.string()),
             **{
                 f"modality_{m}_score": _f32(modality_scores[:, k]) for k, m in enumerate(MODALITIES)
@@ -207,6 +244,20 @@ def semantic_flag_columns(
             "is_dense_scene": pa.array(sensed & (dense >= p.dense_scene_threshold)),
             "semantic_inputs": pa.array(sources.tolist(), pa.string()),
         }
+
+
+def _human_present(
+    ev: Evidence, p: SemanticFlagsParams, sensed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy-OR score, NaN where unknown; whether it is known)."""
+    has_cues = ev.has_cues
+    face_term = np.where(ev.faces > 0, p.face_confidence, 0.0)
+    no_person = np.ones(len(has_cues))
+    no_person = np.where(has_cues, no_person * (1 - face_term), no_person)
+    person = ev.zs["zs_person"]
+    no_person = np.where(np.isfinite(person), no_person * (1 - person), no_person)
+    human_known = sensed & (has_cues | np.isfinite(person))
+    return np.where(human_known, 1 - no_person, np.nan), human_known
 
 
 def _modality_scores(
@@ -275,5 +326,4 @@ def semantic_inputs_sql(views: list[str] | tuple[str, ...]) -> str | None:
 
 def align_inputs(ids: pa.Array | pa.ChunkedArray, inputs: pa.Table) -> pa.Table:
     """``inputs`` (keyed by ``image_id``) re-ordered to ``ids``; null rows where missing."""
-    pos = pc.index_in(ids, value_set=inputs.column("image_id"))
-    return inputs.take(pos)
+    return align_rows(ids, inputs)

@@ -1,24 +1,28 @@
-"""``flags`` (PASS 2): routing flags derived from PASS 0/1 outputs; see :mod:`.rules`."""
+"""``flags`` (PASS 2): routing flags derived from stored outputs; the table is composed of the
+flag rules every family registers (:mod:`.table`, :mod:`exokiratory.engine.flag_rules`)."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from exokiratory.core.layout import FLAGS
+from exokiratory.engine.flag_rules import (
+    FlagSource,
+    feature_columns,
+    flag_rules,
+    load_inputs,
+    rule_reads,
+)
 from exokiratory.engine.registry import register
-from exokiratory.engine.step import Derivation
-from exokiratory.passes.flags.embedding import KnnCache, load_spaces
-from exokiratory.passes.flags.rules import (
-    FLAGS_INPUT_SQL,
+from exokiratory.engine.step import Derivation, PassParams
+from exokiratory.passes.flags.table import (
     FLAGS_SCHEMA,
     FlagsParams,
-    NearDupCache,
     derive_flags,
+    flags_input_sql,
 )
-from exokiratory.passes.flags.semantic import align_inputs, semantic_inputs_sql
 
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
@@ -31,17 +35,18 @@ IMAGES_ROUTED_SQL = (
 
 
 @register
-class FlagsDerivation(Derivation[FlagsParams]):
+class FlagsDerivation(Derivation[PassParams]):
     name = "flags"
     dataset = FLAGS
     version = "v1"
     stage = 2
     Params = FlagsParams
     description = "PASS 2 routing flags (junk, duplicates, outliers, text-heavy...)"
-    reads = ("sense", "probe", "cues")
-    #: the embeddings are computed for the images the flags route, then refine the flags
-    #: (semantic duplicates, embedding outliers, zero-shot modality): re-derived after them
-    optional_reads = ("embed-clip", "embed-dino", "zeroshot")
+    #: the steps the flag rules read (sense, probe, cues); the optional ones are computed for
+    #: the images the flags route, then refine the flags (semantic duplicates, embedding
+    #: outliers, zero-shot modality): re-derived after them
+    reads = rule_reads(flag_rules())
+    optional_reads = rule_reads(flag_rules(), optional=True)
 
     def output_schema(self) -> pa.Schema:
         return FLAGS_SCHEMA
@@ -52,23 +57,7 @@ class FlagsDerivation(Derivation[FlagsParams]):
     def derive(self, catalog: Catalog) -> pa.Table:
         if "features" not in catalog.views:
             raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
-        has_probe = "probe" in catalog.views
-        sql = FLAGS_INPUT_SQL.format(
-            probe_cols=", pr.error AS probe_error" if has_probe else "",
-            probe_join="LEFT JOIN probe pr USING (image_id)" if has_probe else "",
-        )
-        table = catalog.query(sql)
-        hash_inputs = [i for i in self.inputs if i.startswith(("manifests/", "features/global"))]
-        cache = NearDupCache(catalog.storage, self.dataset, hash_inputs, self.params)
-        spaces = load_spaces(catalog) if importlib.util.find_spec("faiss") is not None else {}
-        sem_sql = semantic_inputs_sql(catalog.views)
-        semantic = align_inputs(table["image_id"], catalog.query(sem_sql)) if sem_sql else None
-        return derive_flags(
-            table,
-            self.params,
-            self.full_version,
-            dup_cache=cache,
-            spaces=spaces,
-            semantic=semantic,
-            knn_cache=KnnCache(catalog.storage, f"{self.dataset}/_knn"),
-        )
+        rules = flag_rules()
+        table = catalog.query(flags_input_sql(feature_columns(rules)))
+        source = FlagSource(catalog, table["image_id"], self.dataset, self.inputs, self.params)
+        return derive_flags(table, self.params, self.full_version, load_inputs(rules, source))

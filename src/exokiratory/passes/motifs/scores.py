@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from exokiratory.core.robust import MAD_TO_SIGMA, robust_z
 from exokiratory.engine.step import PassParams
 from exokiratory.search.clustering import (
     KMeansResult,
@@ -56,7 +57,6 @@ from exokiratory.search.clustering import (
 )
 
 MIN_SCALE = 0.01
-MAD_TO_SIGMA = 1.4826
 
 
 class MotifsParams(PassParams):
@@ -193,8 +193,10 @@ def robust_outlier_scores(
     small = sizes < min_size
     med = np.where(small, g_med, med)
     mad = np.where(small, g_mad, mad)
-    scale = np.maximum(MAD_TO_SIGMA * mad, MIN_SCALE)
-    return ((d - med[assign]) / scale[assign]).astype(np.float32)
+    z = robust_z(
+        d, "signed", center=med[assign], sigma=MAD_TO_SIGMA * mad[assign], min_sigma=MIN_SCALE
+    )
+    return z.astype(np.float32)
 
 
 def cluster_segments(seg: SegmentSet, params: MotifsParams) -> KMeansResult:

@@ -1,0 +1,205 @@
+"""Flag rules of the ``flags`` family itself: perceptual-hash near duplicates, and the final
+routing decision ``is_worth_gpu``.
+
+* Near duplicates: groups from the perceptual hashes of PASS 1 (:mod:`.neardup`):
+  ``dup_group_id`` (the canonical's image_id), ``dup_group_size``, ``is_dup_canonical``,
+  ``hash_distance_to_canonical``; ``is_near_duplicate`` = member of a group but not its
+  canonical. Documents and flat graphics (PASS 1 ``text_likeness_score`` >=
+  ``text_heavy_threshold``, or ``noise_score`` < ``strict_noise_threshold``) all look alike to
+  perceptual hashes (white page, black lines): a pair that involves one is accepted only under
+  a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND dhash <= 8), which still
+  joins a rescaled or recompressed copy of a page, and a smoothed or darkened copy of a photo
+  (which can fall under the noise cut) to its original. Above ``near_duplicate_large_n``
+  images (100,000) every threshold is capped at ``near_duplicate_large_max_threshold`` (8),
+  with a warning: exact multi-index search at 12 bits does not finish in minutes on 10^6
+  codes; at 8 it takes about 20 s.
+* ``is_worth_gpu`` = readable, sensed, not junk, not a non-canonical near duplicate, and (when
+  ``route_out_semantic_duplicates``) not a non-canonical semantic duplicate. The
+  ``images_routed`` view holds the images worth GPU time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from exokiratory.core.storage import Storage
+from exokiratory.engine.flag_rules import Columns, FlagFrame, FlagInput, FlagSource, flag_rule
+from exokiratory.engine.step import PassParams
+from exokiratory.passes.flags.neardup import QUALITY_COLUMNS, group_near_duplicates, make_clauses
+from exokiratory.passes.flags.semantic import TextHeavyParams
+from exokiratory.passes.sense.hashes import HASH_COLUMNS
+
+log = logging.getLogger(__name__)
+
+NEARDUP_VERSION = "neardup-v1"
+
+
+class NearDupParams(TextHeavyParams):
+    """Thresholds of the hash near duplicates (``text_heavy_threshold`` is the text-heavy
+    flag's, applied to PASS 1 text likeness)."""
+
+    near_duplicate_thresholds: dict[str, int] = Field(
+        default_factory=lambda: {"phash": 12, "dhash": 16, "phash_center": 8},
+        description="Hamming thresholds of the near-duplicate rule (see exokiratory.passes.flags.neardup)",
+    )
+    strict_near_duplicate_thresholds: dict[str, int] = Field(
+        default_factory=lambda: {"phash": 4, "dhash": 8},
+        description="both must hold, for text-heavy and flat (synthetic) images",
+    )
+    strict_noise_threshold: float = Field(
+        0.6, ge=0, description="images with noise_score below this are 'flat' (graphics, UI)"
+    )
+    near_duplicate_large_n: int = Field(
+        100_000, ge=2, description="above this many images, cap the searched thresholds"
+    )
+    near_duplicate_large_max_threshold: int = Field(
+        8, ge=0, le=16, description="cap on every rule threshold for large collections"
+    )
+
+
+class RoutingParams(PassParams):
+    """What the routing leaves out besides junk and hash near duplicates."""
+
+    route_out_semantic_duplicates: bool = Field(
+        True, description="non-canonical semantic duplicates are not worth GPU time"
+    )
+
+
+class NearDupCache:
+    """Near-duplicate groups depend only on the hashes and the near-duplicate parameters, and
+    their search is the one costly step of the flags (see :mod:`.neardup`): they are kept in
+    ``<flags>/_neardup/<digest>.parquet``, so changing any other threshold re-derives the flags
+    in seconds at any collection size."""
+
+    def __init__(self, storage: Storage, dataset: str, inputs: Sequence[str], p: NearDupParams):
+        self.storage = storage
+        h = hashlib.sha256(NEARDUP_VERSION.encode())
+        keys = (
+            "near_duplicate_thresholds",
+            "strict_near_duplicate_thresholds",
+            "strict_noise_threshold",
+            "text_heavy_threshold",
+        )
+        h.update(json.dumps({k: getattr(p, k) for k in keys}, sort_keys=True).encode())
+        h.update(storage.listing_digest(inputs, ".parquet").encode())
+        self.folder = f"{dataset}/_neardup"
+        self.rel = f"{self.folder}/{h.hexdigest()[:16]}.parquet"
+
+    def get(self) -> pa.Table | None:
+        if not self.storage.exists(self.rel):
+            return None
+        return self.storage.read_parquet(self.rel)
+
+    def put(self, table: pa.Table) -> None:
+        for old in self.storage.list_files(self.folder, ".parquet"):
+            self.storage.remove(old)
+        self.storage.write_parquet_atomic(self.rel, table)
+
+
+def _neardup_cache(source: FlagSource) -> NearDupCache:
+    """The cache, keyed by the manifests' and PASS 1's part files (where the hashes are)."""
+    hash_inputs = [i for i in source.inputs if i.startswith(("manifests/", "features/global"))]
+    return NearDupCache(
+        source.catalog.storage,
+        source.dataset,
+        hash_inputs,
+        source.params,  # type: ignore[arg-type]  # the composed FlagsParams
+    )
+
+
+NEARDUP_CACHE = FlagInput("neardup_cache", _neardup_cache)
+
+
+def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Table:
+    """Near-duplicate groups among sensed images: the default (loose) rule between photos, and
+    the strict rule between any two images; documents and flat graphics therefore pair only
+    under the strict rule, while a flat copy of a photo (blurred, darkened) still joins it."""
+
+    def col(table: pa.Table, name: str) -> np.ndarray:
+        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    with np.errstate(invalid="ignore"):
+        strict = (col(t, "text_likeness_score") >= p.text_heavy_threshold) | (
+            col(t, "noise_score") < p.strict_noise_threshold
+        )
+    idx = np.flatnonzero(sensed)
+    sub = t.take(pa.array(idx, pa.int64()))
+    ids = sub.column("image_id").to_pylist()
+    hashes = {
+        h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
+    }
+    quality = {name: col(sub, name) for name in QUALITY_COLUMNS}
+    loose_t, tight_t = dict(p.near_duplicate_thresholds), dict(p.strict_near_duplicate_thresholds)
+    if len(ids) > p.near_duplicate_large_n:
+        cap = p.near_duplicate_large_max_threshold
+        log.warning(
+            "near duplicates among %d images: capping hash thresholds at %d (exact search at "
+            "larger thresholds does not scale; see passes.flags.near_duplicate_large_n)",
+            len(ids),
+            cap,
+        )
+        loose_t = {k: min(v, cap) for k, v in loose_t.items()}
+        tight_t = {k: min(v, cap) for k, v in tight_t.items()}
+    loose = make_clauses(loose_t, None)
+    tight = make_clauses(tight_t, [tuple(tight_t)])
+    rules = [(loose, ~strict[idx]), (tight, None)]
+    return group_near_duplicates(ids, hashes, rules, quality=quality)
+
+
+@flag_rule(
+    "near_duplicates",
+    [
+        pa.field("dup_group_id", pa.string()),
+        pa.field("dup_group_size", pa.int32()),
+        pa.field("is_dup_canonical", pa.bool_()),
+        pa.field("hash_distance_to_canonical", pa.int32()),
+        pa.field("is_near_duplicate", pa.bool_()),
+    ],
+    order=70,
+    params=NearDupParams,
+    features=(*HASH_COLUMNS, "text_likeness_score", "noise_score", *QUALITY_COLUMNS),
+    inputs=(NEARDUP_CACHE,),
+    reads=("sense",),
+)
+def near_duplicate_columns(frame: FlagFrame, p: NearDupParams) -> Columns:
+    """Each row's hash near-duplicate group (nulls outside any group)."""
+    cache: NearDupCache | None = frame.input("neardup_cache")
+    dups = cache.get() if cache is not None else None
+    if dups is None:
+        dups = near_duplicates(frame.table, frame.sensed, p)
+        if cache is not None:
+            cache.put(dups)
+    by_id = {r["image_id"]: r for r in dups.to_pylist()}
+    rows = [by_id.get(i) for i in frame.table.column("image_id").to_pylist()]
+    return {
+        "dup_group_id": [r["dup_group_id"] if r else None for r in rows],
+        "dup_group_size": [r["dup_group_size"] if r else None for r in rows],
+        "is_dup_canonical": [r["is_canonical"] if r else None for r in rows],
+        "hash_distance_to_canonical": [
+            r["hash_distance_to_canonical"] if r else None for r in rows
+        ],
+        "is_near_duplicate": np.array([r is not None and not r["is_canonical"] for r in rows]),
+    }
+
+
+@flag_rule(
+    "worth_gpu",
+    [pa.field("is_worth_gpu", pa.bool_())],
+    order=91,
+    params=RoutingParams,
+    needs=("is_junk", "is_near_duplicate", "is_semantic_duplicate"),
+)
+def worth_gpu(frame: FlagFrame, p: RoutingParams) -> Columns:
+    """The routing decision (see the module docstring)."""
+    status = np.array(frame.table.column("status").to_pylist(), dtype=object)
+    worth = (status == "ok") & frame.sensed & ~frame["is_junk"] & ~frame["is_near_duplicate"]
+    if p.route_out_semantic_duplicates:
+        worth &= ~frame["is_semantic_duplicate"]
+    return {"is_worth_gpu": worth}

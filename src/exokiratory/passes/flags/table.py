@@ -1,0 +1,114 @@
+"""The flags table (PASS 2): routing flags composed of every registered flag rule.
+
+Flags are derived from stored outputs, never from pixels: each pass family contributes blocks
+of ``is_*`` flags next to the ``*_score`` they were cut from (a :class:`FlagRule` in its
+``flag_rules`` module, see :mod:`exokiratory.engine.flag_rules`); the thresholds are the
+fields of ``passes.flags`` in the workspace config (:data:`FlagsParams`, composed of the rules'
+fragments) and are recorded in every row (``flags_params``). The rules, in table order:
+
+* ``corrupt`` (:mod:`exokiratory.passes.probe.flag_rules`): ``is_corrupt``, ``corrupt_reason``;
+* ``dark_light``, ``blurry``, ``low_information``, ``grayscale``, ``geometry``, ``outlier``
+  (:mod:`exokiratory.passes.sense.flag_rules`): image-quality flags from PASS 1 signals;
+* ``text_heavy``, ``semantic`` (:mod:`exokiratory.passes.cues.flag_rules`): text-heavy,
+  modality, human present, dense scene, from PASS 1, the cues and the zero-shot probabilities;
+* ``exact_duplicates`` (:mod:`exokiratory.passes.scan.flag_rules`): ``n_paths``;
+* ``near_duplicates`` (:mod:`exokiratory.passes.flags.flag_rules`): perceptual-hash groups;
+* ``semantic_duplicates``, ``embedding_outliers`` (:mod:`exokiratory.passes.embed.flag_rules`);
+* ``junk`` (sense) and ``worth_gpu`` (flags): ``is_junk``, ``is_worth_gpu``. The
+  ``images_routed`` view holds the images worth GPU time.
+
+Rows that were not sensed (no PASS 1 signals) get null scores and False flags.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from exokiratory.engine.flag_rules import (
+    FlagFrame,
+    FlagRule,
+    compose_params,
+    compute_order,
+    flag_rules,
+    table_order,
+)
+from exokiratory.engine.step import PassParams
+
+KEY_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("image_idx", pa.int64(), nullable=False),
+)
+PROVENANCE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("flags_version", pa.string()),
+    pa.field("flags_params", pa.string()),
+)
+#: PASS 1 columns every row reads (whether it was sensed)
+BASE_FEATURES: tuple[str, ...] = ("entropy_score",)
+
+
+def flags_schema(rules: Sequence[FlagRule]) -> pa.Schema:
+    """Key columns, every rule's block in table order, provenance columns."""
+    return pa.schema([*KEY_FIELDS, *table_order(rules), *PROVENANCE_FIELDS])
+
+
+#: the parameter model of ``passes.flags``: every registered rule's fragment
+FlagsParams: type[PassParams] = compose_params(flag_rules(), "FlagsParams", __name__)
+#: the flags table of the registered rules
+FLAGS_SCHEMA = flags_schema(flag_rules())
+
+
+def flags_input_sql(features: Sequence[str]) -> str:
+    """One row per registered image (``image_idx`` order): manifest columns, the PASS 1
+    ``features`` (scalars only: never the histogram lists) and the PASS 1 error."""
+    cols = "".join(f"f.{c}, " for c in dict.fromkeys((*BASE_FEATURES, *features)))
+    return f"""
+SELECT i.image_id, i.image_idx, i.status, i.error AS scan_error, i.n_paths,
+       {cols}f.error AS sense_error
+FROM images i
+LEFT JOIN features f USING (image_id)
+ORDER BY i.image_idx
+"""
+
+
+def sensed_rows(t: pa.Table) -> np.ndarray:
+    """Rows with PASS 1 signals: no sense error and a finite entropy."""
+    entropy = t.column("entropy_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.array([e is None for e in t.column("sense_error").to_pylist()]) & np.isfinite(entropy)
+
+
+def derive_flags(
+    t: pa.Table,
+    p: PassParams,
+    version: str,
+    inputs: Mapping[str, Any] | None = None,
+    rules: Sequence[FlagRule] | None = None,
+) -> pa.Table:
+    """Flags for every registered image, from the joined input table (:func:`flags_input_sql`)
+    and the rules' side inputs (``inputs``; a rule gets None for one that is absent).
+    ``rules``: another rule set than the registered one (tests, experiments)."""
+    rules = flag_rules() if rules is None else compute_order(rules)
+    frame = FlagFrame(t, sensed_rows(t), dict(inputs or {}))
+    for rule in rules:
+        frame.columns.update(rule.run(frame, p))
+    params = json.dumps(p.model_dump(mode="json"), sort_keys=True)
+    cols = {
+        "image_id": t.column("image_id"),
+        "image_idx": t.column("image_idx"),
+        **{f.name: _to_arrow(frame.columns[f.name], f) for f in table_order(rules)},
+        "flags_version": [version] * t.num_rows,
+        "flags_params": [params] * t.num_rows,
+    }
+    return pa.table(cols, schema=flags_schema(rules))
+
+
+def _to_arrow(values: Any, f: pa.Field) -> Any:
+    """A rule's float numpy column cast to its field's type, NaN as null; others as they are."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f" and pa.types.is_floating(f.type):
+        x = np.where(np.isfinite(values), values, np.nan).astype(f.type.to_pandas_dtype())
+        return pa.array(x, f.type, from_pandas=True)
+    return values
