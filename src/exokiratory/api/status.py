@@ -20,6 +20,9 @@ class PassStatus:
     last_run: str | None
     recent_errors: list[tuple[str, str]] = field(default_factory=list)
     failed_batches: int = 0
+    #: the error of the newest failed batch when no batch succeeded after it (e.g. the model
+    #: could not be loaded): the pass is failing, not merely incomplete
+    last_failure: str | None = None
 
     @property
     def remaining(self) -> int:
@@ -47,6 +50,9 @@ class WorkspaceStatus:
     derived: list[DerivedStatus] = field(default_factory=list)
     #: CLIP-vs-DINO cluster agreement per level (see :func:`cluster_agreement`)
     cluster_agreement: list[dict[str, Any]] = field(default_factory=list)
+    #: PASS 5: units selected, captions per pass / model / prompt version (random-weight
+    #: models marked; see :mod:`exokiratory.passes.captions.summary`)
+    captions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,7 @@ class WorkspaceStatus:
             ],
             "derived": [d.__dict__ for d in self.derived],
             "cluster_agreement": self.cluster_agreement,
+            "captions": self.captions,
         }
 
 
@@ -93,7 +100,14 @@ def workspace_status(
         out,
         derived,
         cluster_agreement(cat),
+        _captions(cat),
     )
+
+
+def _captions(cat: Catalog) -> dict[str, Any]:
+    from exokiratory.passes.captions.summary import caption_summary
+
+    return caption_summary(cat)
 
 
 def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
@@ -141,6 +155,7 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
         or 0
     )
     return PassStatus(
+        last_failure=_last_failure(cat, p.name),
         name=p.name,
         version=p.full_version,
         wanted=wanted_units.num_rows,
@@ -150,6 +165,15 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
         recent_errors=errs,
         failed_batches=failed_batches,
     )
+
+
+def _last_failure(cat: Catalog, name: str) -> str | None:
+    r = cat.rows(
+        """SELECT status, error FROM jobs WHERE pass_name = ? AND status IN ('ok', 'failed')
+           ORDER BY finished_at DESC NULLS LAST LIMIT 1""",
+        [name],
+    )
+    return str(r[0][1]) if r and r[0][0] == "failed" else None
 
 
 def _newest_errors(cat: Catalog, p: Pass, n: int) -> list[tuple[str, str]]:

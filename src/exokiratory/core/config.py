@@ -112,7 +112,15 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> WorkspaceConfig:
 
 
 def load_config(storage: Storage) -> WorkspaceConfig:
-    if not storage.exists(CONFIG_FILE):
+    try:
+        present = storage.exists(CONFIG_FILE)
+    except Exception as exc:  # an unreachable endpoint, bad credentials...: one clear line
+        raise ConfigError(
+            f"cannot reach the workspace {storage.url}: {type(exc).__name__}: {exc} "
+            "(check its URL, endpoint and credentials: --storage-option KEY=VALUE or "
+            "EXOKIRATORY_STORAGE_OPTIONS)"
+        ) from None
+    if not present:
         raise ConfigError(
             f"{storage.url} is not an exokiratory workspace (no {CONFIG_FILE}); "
             "create one with `exokiratory init WORKSPACE --source DIR`"

@@ -10,6 +10,7 @@ Both call ``on_done`` in the driver for every finished batch, which logs it to t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -116,6 +117,39 @@ def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="exo-parent-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def workers_skip_main_script(p: Pass) -> Iterator[None]:
+    """Worker processes do not re-run the user's script. Python's spawn and forkserver start
+    methods import ``__main__`` from its path in every worker, so a script that calls
+    ``Workspace(...).run(...)`` without an ``if __name__ == "__main__":`` guard would run again
+    in each worker and break the pool. The batch code never needs the script (the steps live
+    in the package), so its path is left out of what workers prepare, unless the pass itself
+    was defined in the script."""
+    main = sys.modules.get("__main__")
+    if (
+        main is None
+        or getattr(main, "__spec__", None) is not None  # python -m: imported by name, guarded
+        or not hasattr(main, "__file__")
+        or type(p).__module__ == "__main__"
+    ):
+        yield
+        return
+    import multiprocessing.spawn as mp_spawn
+
+    original = mp_spawn.get_preparation_data
+
+    def without_main(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        data.pop("init_main_from_path", None)
+        return data
+
+    mp_spawn.get_preparation_data = without_main  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        mp_spawn.get_preparation_data = original  # type: ignore[assignment]
+
+
 class Executor(ABC):
     name: str
 
@@ -200,7 +234,8 @@ class LocalExecutor(Executor):
             return wait(pending, return_when=FIRST_COMPLETED)[0]
 
         try:
-            run_bounded(batches, submit, wait_any, finish, on_done, 2 * self.workers)
+            with workers_skip_main_script(p):
+                run_bounded(batches, submit, wait_any, finish, on_done, 2 * self.workers)
         finally:
             pools[-1].shutdown(cancel_futures=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Hashable
@@ -46,12 +47,31 @@ class ModelCache(Generic[T]):
         return len(self._items)
 
 
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from transformers / huggingface_hub ("Loading
+    weights", "Writing model shards") inside our commands: ours report progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - loaders need transformers anyway
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def build_once(target: Path, build: Callable[[Path], object]) -> str:
     """Make sure a checkpoint folder exists at ``target`` (``build`` writes one into a folder
     it is given): built into a temporary sibling, then renamed into place, so a killed build
     leaves nothing half-written and two processes racing end with one complete copy.
     Returns the folder's absolute path."""
     if not (target / "config.json").is_file():
+        quiet_libraries()
         target.parent.mkdir(parents=True, exist_ok=True)
         with _BUILD_LOCK:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -84,6 +104,47 @@ def model_source(
     return build_once(cache_dir / model_slug(spec.model_id), build_tiny)
 
 
+_HUB_STATE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers (checked once per process: a DNS lookup and a TCP
+    connection, ``timeout`` seconds at most); False when ``HF_HUB_OFFLINE`` is set."""
+    if "reachable" not in _HUB_STATE:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            _HUB_STATE["reachable"] = False
+        else:
+            from urllib.parse import urlparse
+
+            host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+            try:
+                socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+                _HUB_STATE["reachable"] = True
+            except OSError:
+                _HUB_STATE["reachable"] = False
+    return _HUB_STATE["reachable"]
+
+
+def check_hub_model(spec: ModelSpec, cache_dir: Path) -> None:
+    """Fail fast, in one line, when a hub model cannot be had: offline and not in the cache
+    (instead of a minute of retries). Offline with the model cached: the hub libraries are
+    switched to offline mode so they load it without asking the network."""
+    if spec.is_tiny or Path(spec.model_id).expanduser().is_dir() or hub_reachable():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(
+        spec.model_id, "config.json", cache_dir=str(cache_dir), revision=spec.revision
+    )
+    if not isinstance(cached, str):
+        raise RuntimeError(
+            f"cannot load {spec.model_id}: the model hub is unreachable (offline?) and the "
+            f"model is not in the cache {cache_dir}; use a local folder or the 'tiny' profile"
+        )
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
 def load_through_cache(
     cache: ModelCache[T],
     spec: ModelSpec,
@@ -98,8 +159,10 @@ def load_through_cache(
     ``load(source, cache_dir, device)`` runs on a cache miss (see :func:`model_source`)."""
     from exokiratory.models.device import pick_device
 
+    quiet_libraries()
     resolved = pick_device(device)
     folder = Path(cache_dir)
+    check_hub_model(spec, folder)
     source = model_source(spec, folder, build_tiny)
     return cache.get_or_load(
         (spec, resolved, source), lambda: load(source, folder, resolved), use_cache
