@@ -35,7 +35,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+#: stdout: a terminal gets its own width; a pipe or a file gets lines that are never cut
+out = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 
 WorkspaceOpt = Annotated[
     str | None,
@@ -65,10 +66,82 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+#: global options, accepted anywhere on the line (``exokiratory scan -w WS -q``) as git and
+#: docker users expect: :func:`hoist_global_options` moves them before the command
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "-vv", "-vvv", "--verbose"})
+GLOBAL_VALUED = frozenset({"-w", "--workspace", "--storage-option"})
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``argv`` with the global options (``-w/--workspace X``, ``-q``, ``-v``) moved in front
+    of the command, wherever they were (nothing after ``--`` is touched)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a in GLOBAL_FLAGS:
+            front.append(a)
+        elif a in GLOBAL_VALUED and i + 1 < len(argv):
+            front.extend([a, argv[i + 1]])
+            i += 1
+        elif a.startswith(("--workspace=", "--storage-option=")):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+#: the global options given before the command (set by the callback on every invocation)
+_GLOBAL: dict[str, Any] = {"workspace": None, "storage_options": {}}
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (a VALUE that parses as JSON is taken as JSON: numbers, booleans,
+    objects) over ``EXOKIRATORY_STORAGE_OPTIONS`` (a JSON object)."""
+    opts: dict[str, Any] = {}
+    env = os.environ.get("EXOKIRATORY_STORAGE_OPTIONS")
+    if env:
+        try:
+            opts.update(json.loads(env))
+        except json.JSONDecodeError as exc:
+            raise CliError(f"EXOKIRATORY_STORAGE_OPTIONS is not a JSON object: {exc}") from None
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--storage-option takes KEY=VALUE, not {pair!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+def find_workspace(start: Path | None = None) -> Path | None:
+    """The workspace holding ``start`` (the current folder): the nearest folder at or above it
+    with an exokiratory.yaml, as git finds its repository."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "exokiratory.yaml").is_file():
+            return folder
+    return None
+
+
 def _open(workspace: str | None) -> Workspace:
+    workspace = workspace or _GLOBAL["workspace"]
     if not workspace:
-        raise CliError("no workspace given: pass -w/--workspace or set EXOKIRATORY_WORKSPACE")
-    return Workspace(workspace)
+        found = find_workspace()
+        workspace = str(found) if found is not None else None
+    if not workspace:
+        raise CliError(
+            "no workspace given: pass -w/--workspace, set EXOKIRATORY_WORKSPACE, "
+            "or run inside a workspace folder"
+        )
+    return Workspace(workspace, _GLOBAL["storage_options"] or None)
 
 
 def _version(value: bool) -> None:
@@ -79,6 +152,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
+    workspace: WorkspaceOpt = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars.")
@@ -86,8 +160,18 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            help="KEY=VALUE for the workspace's fsspec file system (repeatable; e.g. "
+            "endpoint_url=http://minio:9000, anon=true); also EXOKIRATORY_STORAGE_OPTIONS (JSON).",
+        ),
+    ] = None,
 ) -> None:
     _setup_logging(verbose, quiet)
+    _GLOBAL["workspace"] = workspace
+    _GLOBAL["storage_options"] = parse_storage_options(storage_option or [])
     if quiet:
         os.environ["EXOKIRATORY_PROGRESS"] = "0"
 
@@ -205,7 +289,13 @@ def status(
             f"{a['n_images']} images): CLIP-vs-DINO ARI {_num(a['ari'])}, AMI {_num(a['ami'])}",
             soft_wrap=True,
         )
+    from exokiratory.passes.captions.summary import summary_lines
+
+    for line in summary_lines(st.captions):
+        out.print(escape(line), soft_wrap=True)
     for p in st.passes:
+        if p.last_failure:
+            out.print(f"  [red]{p.name} FAILED[/red]: {escape(p.last_failure)}", soft_wrap=True)
         for key, err in p.recent_errors:
             out.print(f"  [red]{p.name}[/red] {escape(key)}: {escape(err)}", soft_wrap=True)
 
@@ -236,6 +326,10 @@ def sql(
         sys.stdout.write(buf.getvalue().decode("utf-8"))
     elif fmt == "json":
         sys.stdout.write(json.dumps(table.to_pylist(), default=str, ensure_ascii=False) + "\n")
+    elif not sys.stdout.isatty():  # piped: every row and every full value, as CSV
+        buf = io.BytesIO()
+        pacsv.write_csv(_plain(table), buf)
+        sys.stdout.write(buf.getvalue().decode("utf-8"))
     else:
         out.print(_rich_table(table, max_rows))
 
@@ -263,9 +357,15 @@ def _rich_table(table: pa.Table, max_rows: int) -> Table:
 
 
 def _cell(v: Any) -> str:
+    """A cell: floats shortened; long nested values (embeddings) cut on a terminal only,
+    never ids or paths (strings are kept whole)."""
     if v is None:
         return ""
-    s = f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    if isinstance(v, str) or not sys.stdout.isatty():
+        return s
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -324,9 +424,19 @@ def search(
     segments: Annotated[
         bool, typer.Option("--segments", help="Search segments; show their parent images.")
     ] = False,
+    ocr: Annotated[
+        str | None, typer.Option("--ocr", help="Words to find in the OCR text (no index).")
+    ] = None,
 ) -> None:
-    """Nearest images (or segments) to a text or an image, from the FAISS index of a space."""
+    """Nearest images (or segments) to a text or an image, from the FAISS index of a space;
+    or, with --ocr, the images whose recognised text holds the words."""
     ws = _open(workspace)
+    if ocr is not None:
+        from exokiratory.passes.ocr.search import search_ocr
+
+        with ws.catalog() as cat:
+            _print_hits(search_ocr(cat, ocr, k).to_pandas(), fmt)
+        return
     _print_hits(ws.search(text=text, image=image, space=space, k=k, segments=segments), fmt)
 
 
@@ -385,7 +495,7 @@ def demo(
 
 def main() -> None:
     try:
-        app()
+        app(args=hoist_global_options(sys.argv[1:]), prog_name="exokiratory")
     except (
         CliError,
         ConfigError,
@@ -397,3 +507,6 @@ def main() -> None:
     ) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)
+
+
+from exokiratory.api import cli_export  # noqa: E402,F401  (registers the sample and export commands)

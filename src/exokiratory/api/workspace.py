@@ -22,7 +22,7 @@ from exokiratory.core.config import (
     load_config,
     render_config,
 )
-from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES
+from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES, IMAGES
 from exokiratory.core.storage import Storage
 from exokiratory.engine import registry
 from exokiratory.engine.derive import DeriveReport, run_derivation
@@ -34,8 +34,10 @@ from exokiratory.passes.scan.scanner import Scanner, ScanReport, normalise_sourc
 if TYPE_CHECKING:
     import pandas as pd
 
+    from exokiratory.export.shards import ExportReport
     from exokiratory.models.registry import ModelSpec
     from exokiratory.passes.embed.step import EmbedPass
+    from exokiratory.passes.sample.sampler import SampleResult
     from exokiratory.report import ReportResult
     from exokiratory.search.indices import IndexReport
 
@@ -67,6 +69,8 @@ class Workspace:
     ) -> Workspace:
         """Create the layout and a commented ``exokiratory.yaml``. Existing data is never touched."""
         storage = Storage(root, storage_options)
+        if storage.is_local and os.path.exists(storage.root) and not os.path.isdir(storage.root):
+            raise ConfigError(f"{storage.root} is a file, not a folder: choose another workspace")
         if storage.exists(CONFIG_FILE) and not exist_ok:
             raise ConfigError(f"{storage.url} is already a workspace (it has {CONFIG_FILE})")
         cfg = WorkspaceConfig(
@@ -74,6 +78,11 @@ class Workspace:
             scan=scan or ScanConfig(),
             run=run or RunConfig(),
         )
+        for src in cfg.sources:
+            if "://" not in src.path and not os.path.isdir(src.path):
+                log.warning(
+                    "source %s does not exist (yet): `scan` will fail until it does", src.path
+                )
         for d in DIRECTORIES:
             storage.makedirs(d)
         from exokiratory.core.prompts import ensure_workspace_registry
@@ -101,12 +110,34 @@ class Workspace:
                 f"unknown pass(es) {unknown}; known: {', '.join(registry.known_names())}"
             )
         steps = [self._step(n) for n in registry.run_order(wanted)]
-        if any(isinstance(s, Derivation) for s in steps):
+        # derivations (and any pass with a ``bind`` hook, e.g. caption-embed, which uses the
+        # embed-clip pass's model) learn the configured steps they read
+        binding = [
+            s for s in steps if isinstance(s, Derivation) or callable(getattr(s, "bind", None))
+        ]
+        if binding:
             every = self._all_steps()
-            for s in steps:
-                if isinstance(s, Derivation):
-                    s.bind(every)
+            for s in binding:
+                s.bind(every)  # type: ignore[attr-defined]
         return steps
+
+    def skipped_in_all(self) -> dict[str, str]:
+        """The steps ``run all`` leaves out, each with the reason."""
+        out: dict[str, str] = {}
+        for name in registry.pass_names():
+            step = self._step(name)
+            cls = registry.step_class(name)
+            missing = step.missing_requirement()
+            if missing is not None:
+                out[name] = f"it {missing}"
+            elif step.in_all(self._configured(name)):
+                continue
+            elif cls.resources is Resource.GPU:
+                out[name] = f"a model pass: set passes.{name}.model in exokiratory.yaml to run it"
+            else:
+                inputs = " or ".join(cls.reads) or "its inputs"
+                out[name] = f"runs once {inputs} is configured (or name it: run {name})"
+        return out
 
     def _step(self, name: str) -> Step[Any]:
         step = registry.get_pass(name, self.config.passes.get(name))
@@ -122,7 +153,13 @@ class Workspace:
             return True
         if cls.resources is Resource.GPU:
             return False
-        return any(d in self.config.passes for d in cls.reads)
+        if any(d in self.config.passes for d in cls.reads):
+            return True
+        # a derivation that a configured step reads (the caption selection of a caption pass)
+        known = set(registry.pass_names())
+        return issubclass(cls, Derivation) and any(
+            name in registry.step_class(n).reads for n in self.config.passes if n in known
+        )
 
     def _all_steps(self) -> list[Step[Any]]:
         return [self._step(n) for n in registry.pass_names()]
@@ -158,6 +195,11 @@ class Workspace:
         runner; returns one report per pass. ``all_images``: passes that work on the routed
         images only (model passes) take every readable image this time."""
         names = registry.expand([passes] if isinstance(passes, str) else passes)
+        if not self.storage.list_files(IMAGES, ".parquet"):
+            raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
+        if "all" in names:
+            for name, why in self.skipped_in_all().items():
+                log.info("run all: skipping %s (%s)", name, why)
         rc = self.config.run
         executor = make_executor(
             engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
@@ -276,6 +318,7 @@ class Workspace:
             raise ValueError("give exactly one of text= or image=")
         if text is not None and space != "clip":
             raise ValueError("text search needs the clip space (DINOv2 has no text tower)")
+        self._ensure_index(space, segments)
         query = self._query_vector(text, image, space, segments=segments)
         hits = search_vectors(self.storage, space, query, k, segments=segments)
         columns = (
@@ -294,6 +337,21 @@ class Workspace:
             finally:
                 cat.con.unregister("_hits")
         return table.to_pandas()
+
+    def _ensure_index(self, space: str, segments: bool) -> None:
+        """Search needs stored embeddings ("run X first" otherwise, before any model loads)
+        and an index: one is built on demand the first time (exact search up to 10^6)."""
+        from exokiratory.search.indices import read_meta
+
+        view = f"segment_embeddings_{space}" if segments else f"embeddings_{space}"
+        step = f"segment-embed-{space}" if segments else f"embed-{space}"
+        with self.catalog() as cat:
+            n = cat.scalar(f"SELECT count(*) FROM {view} WHERE error IS NULL")
+        if not n:
+            raise ValueError(f"no {space} embeddings yet: run `exokiratory run {step}` first")
+        if read_meta(self.storage, space, segments) is None:
+            log.info("no %s index yet: building it now (`exokiratory index build`)", view)
+            self.build_index(space, segments=segments)
 
     def similar(self, image_id: str, space: str = "clip", k: int = 10) -> pd.DataFrame:
         """Nearest images to a registered image (itself first)."""
@@ -353,17 +411,25 @@ class Workspace:
         from exokiratory.report import build_report, make_params
 
         params = make_params(name=name, map_sample=sample, **options)
-        return build_report(self, params, progress=progress)
+        return build_report(self, params, status=workspace_status, progress=progress)
 
     # -- tables ------------------------------------------------------------------------------
-    def catalog(self, passes: Sequence[Step[Any]] | None = None) -> Catalog:
-        """A DuckDB catalog with a view per dataset (close it, or use it as a context manager)."""
-        return Catalog(self.storage, self.passes() if passes is None else passes)
+    def catalog(
+        self, passes: Sequence[Step[Any]] | None = None, *, read_only: bool = False
+    ) -> Catalog:
+        """A DuckDB catalog with a view per dataset (close it, or use it as a context manager);
+        ``read_only``: queries only, and no file outside the workspace's datasets."""
+        steps = self.passes() if passes is None else passes
+        return Catalog(self.storage, steps, read_only=read_only)
 
-    def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
+    def sql(
+        self, query: str, params: Sequence[object] | None = None, *, read_only: bool = True
+    ) -> pa.Table:
         """Run SQL over the workspace's views (``?`` placeholders bound to ``params``);
-        returns an Arrow table."""
-        with self.catalog() as cat:
+        returns an Arrow table. Read-only by default: only queries (SELECT, WITH, DESCRIBE,
+        SHOW, EXPLAIN) run, and they read nothing but the workspace's own datasets
+        (:class:`~exokiratory.core.catalog.ReadOnlyError` otherwise)."""
+        with self.catalog(read_only=read_only) as cat:
             return cat.query(query, params)
 
     def df(self, query: str) -> pd.DataFrame:
@@ -383,6 +449,78 @@ class Workspace:
     def paths(self) -> pa.Table:
         return self.table("paths")
 
+    # -- samples and exports ---------------------------------------------------------------
+    def sample(
+        self,
+        name: str,
+        size: int,
+        *,
+        space: str = "clip",
+        by: str | None = None,
+        where: str | None = None,
+        seed: int = 0,
+        rule: str | None = None,
+        include_junk: bool = False,
+        include_duplicates: bool = False,
+        allocation: str = "equal",
+        replace: bool = False,
+    ) -> SampleResult:
+        """Draw a named, versioned sample (view ``samples``): ``balanced`` over the cluster
+        hierarchy of ``space`` (default), ``stratified`` by a column (``by``), or ``uniform``;
+        junk and non-canonical near duplicates left out unless included. Same arguments: the
+        same sample; a larger ``size``: a new version keeping the earlier members (see
+        :mod:`exokiratory.passes.sample.sampler`)."""
+        from exokiratory.passes.sample.sampler import SampleSpec, draw_sample
+
+        spec = SampleSpec(
+            name=name,
+            size=size,
+            rule=rule,
+            space=space,
+            by=by,
+            where=where,
+            seed=seed,
+            include_junk=include_junk,
+            include_duplicates=include_duplicates,
+            allocation=allocation,
+        )
+        with self.catalog() as cat:
+            return draw_sample(self.storage, cat, spec, replace=replace)
+
+    def export(
+        self,
+        dest: str,
+        *,
+        to: str,
+        sample: str | None = None,
+        where: str | None = None,
+        columns: Sequence[str] = (),
+        group_by: str | None = None,
+        mode: str = "symlink",
+        progress: bool | None = None,
+        **options: Any,
+    ) -> ExportReport:
+        """Export a sample (``NAME`` or ``NAME@VERSION``) or the images of ``where`` to ``dest``
+        (path or URL) as ``to``: manifest | files | hf | webdataset | fiftyone; resumable after a
+        kill (see :mod:`exokiratory.export`; ``options``: shard_images, shard_bytes,
+        dataset_name, storage_options)."""
+        from exokiratory.export import export
+
+        with self.catalog() as cat:
+            return export(
+                cat,
+                self.batch_context(),
+                dest,
+                to=to,
+                sample=sample,
+                where=where,
+                columns=columns,
+                group_by=group_by,
+                mode=mode,
+                progress=progress,
+                **options,
+            )
+
     def __repr__(self) -> str:
         return f"Workspace({self.storage.url!r})"
 
@@ -392,7 +530,11 @@ def release_models() -> None:
     the next pass (another model) has the whole GPU. Never imports torch itself."""
     import sys
 
-    for name in ("exokiratory.models.vision", "exokiratory.models.sam"):
+    for name in (
+        "exokiratory.models.vision",
+        "exokiratory.models.sam",
+        "exokiratory.models.captioner",
+    ):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "clear_cache"):
             module.clear_cache()

@@ -25,6 +25,7 @@ from exokiratory.core.manifest import (
     PATHS_KEY,
     PATHS_SCHEMA,
 )
+from exokiratory.core.samples import define_sample_views
 from exokiratory.core.storage import Storage
 
 if TYPE_CHECKING:
@@ -59,12 +60,55 @@ def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
 
 
+class ReadOnlyError(ValueError):
+    """A statement that a read-only catalog refuses (it would write, attach or read files)."""
+
+
+#: statements a read-only catalog runs: queries (SELECT, WITH, DESCRIBE, SHOW...) and EXPLAIN
+_READ_ONLY_TYPES = frozenset({"SELECT", "EXPLAIN"})
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but queries, with one line naming the statement."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ReadOnlyError(f"cannot parse the query: {exc}") from None
+    for st in statements:
+        kind = st.type.name
+        if kind not in _READ_ONLY_TYPES:
+            head = " ".join(st.query.split())[:60]
+            raise ReadOnlyError(
+                f"read-only: only queries (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) are allowed, "
+                f"not {kind} ({head!r})"
+            )
+
+
+def _read_only_connection(storage: Storage) -> duckdb.DuckDBPyConnection:
+    """A database of its own that reads only the workspace's files: no other file, no
+    extension install, settings locked (the views are defined on it afterwards)."""
+    con = duckdb.connect()
+    if not storage.is_local:
+        con.register_filesystem(storage.fs)
+    root = storage.path("") if storage.is_local else storage.fs.unstrip_protocol(storage.path(""))
+    con.execute("SET allowed_directories = ?", [[root.rstrip("/") + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
 class Catalog:
     """A DuckDB connection with views over a workspace's part datasets."""
 
-    def __init__(self, storage: Storage, steps: Sequence[Step[Any]] = ()):
+    def __init__(
+        self, storage: Storage, steps: Sequence[Step[Any]] = (), *, read_only: bool = False
+    ):
         self.storage = storage
-        if storage.is_local:
+        self.read_only = read_only
+        if read_only:
+            self.con = _read_only_connection(storage)
+        elif storage.is_local:
             # A cursor of one process-wide database: opening a DuckDB database costs ~15 ms, a
             # cursor almost nothing. Views are TEMP, so catalogs never see each other's views.
             self.con = _shared_database().cursor()
@@ -75,6 +119,7 @@ class Catalog:
         self.views: list[str] = []
         self._define_manifest_views()
         self._define_jobs_view()
+        define_sample_views(self)  # named samples (samples/<name>/), when any exist
         for step in steps:  # each step defines its own views (engine.step.Step.define_views)
             step.define_views(self)
 
@@ -156,6 +201,8 @@ class Catalog:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
+        if self.read_only:
+            check_read_only(sql)
         rel = self.con.sql(sql, params=list(params) if params else None)
         if rel is None:  # a statement without a result (CREATE, SET...)
             return pa.table({})
