@@ -22,6 +22,18 @@ image after reduction (cheaper, identical result).  Transparency (alpha band,
 alpha this equals compositing at full size.  Only the first frame of animated or
 multi-page files is used.
 
+Transparent images
+------------------
+The composite depends on the chosen background: five different white overlays
+on a transparent canvas all composite to one blank white image.  So for every
+image that carries transparency the working image *before* compositing is kept
+too, as :attr:`DecodedImage.rgba` (straight, i.e. not premultiplied, colour plus
+alpha, same size and orientation as ``rgb``); PASS 1 computes its alpha
+statistics and alpha hash from it (:mod:`exokiratory.passes.sense.alpha`).
+Fully transparent pixels carry no defined colour there (Pillow's premultiplied
+resampling leaves them black).  Images without an alpha band (after the mode
+conversion below) have ``rgba = None``.
+
 High bit depth: ``I;16*`` modes are mapped with ``v / 257`` (exact 16->8 bit);
 ``I`` (32-bit int) is taken as 8-bit if its values lie in 0..255, as 16-bit if
 they lie in 0..65535 and min-max stretched otherwise; ``F`` (float) is taken as
@@ -151,6 +163,9 @@ class DecodedImage:
         camera_model: EXIF ``Model`` or ``None``.
         exif_datetime: EXIF ``DateTimeOriginal`` (fallback ``DateTime``) or ``None``.
         icc_profile: an embedded ICC profile is present.
+        rgba: ``(H, W, 4)`` uint8 working image before compositing (straight colour and
+            alpha; see "Transparent images" in the module docstring), ``None`` for images
+            without transparency.
     """
 
     rgb: np.ndarray
@@ -168,6 +183,7 @@ class DecodedImage:
     camera_model: str | None
     exif_datetime: str | None
     icc_profile: bool
+    rgba: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -349,8 +365,10 @@ def _strip_converter(im: Image.Image) -> Callable[[Image.Image], Image.Image]:
     if mode in ("I", "F"):
         lo, hi = _value_range(im)
         return lambda strip: _int_to_l(np.asarray(strip), lo, hi)
-    if mode == "P":
-        target = "RGBA" if "transparency" in im.info else "RGB"
+    if mode == "P" or (mode in ("L", "RGB") and "transparency" in im.info):
+        # palette, or a tRNS colour key (Pillow turns both into an alpha band)
+        alpha_target = "LA" if mode == "L" else "RGBA"
+        target = alpha_target if "transparency" in im.info else "RGB"
     elif mode == "La":
         return _unpremultiply_la
     elif mode == "RGBa":
@@ -383,27 +401,34 @@ def _reduce_strips(
     return out
 
 
-def _to_rgb_array(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
-    """Composite an L/LA/RGB/RGBA image over ``background`` -> (H, W, 3) uint8."""
+def _to_rgb_array(
+    im: Image.Image, background: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Composite an L/LA/RGB/RGBA image over ``background`` -> (H, W, 3) uint8, plus the
+    straight RGBA array before compositing (``None`` without an alpha band)."""
     arr = np.asarray(im)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     n_colour = 1 if im.mode in ("L", "LA") else 3
     colour = arr[:, :, :n_colour]
     if im.mode in ("LA", "RGBA"):
-        alpha = arr[:, :, n_colour:].astype(np.float32) * (1.0 / 255.0)
+        alpha_u8 = arr[:, :, n_colour:]
+        alpha = alpha_u8.astype(np.float32) * (1.0 / 255.0)
         bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
         mixed = colour.astype(np.float32) * alpha + bg * (1.0 - alpha)
-        return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        rgb = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        rgba = np.concatenate([np.broadcast_to(colour, (*colour.shape[:2], 3)), alpha_u8], 2)
+        return rgb, np.ascontiguousarray(rgba)
     if n_colour == 1:
-        return np.ascontiguousarray(np.repeat(colour, 3, axis=2))
-    return np.ascontiguousarray(colour)
+        return np.ascontiguousarray(np.repeat(colour, 3, axis=2)), None
+    return np.ascontiguousarray(colour), None
 
 
 def _to_working(
     im: Image.Image, target: tuple[int, int], background: tuple[int, int, int]
-) -> np.ndarray:
-    """Decoded frame -> working-size composited RGB array (before orientation)."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decoded frame -> working-size composited RGB array and straight RGBA array (``None``
+    without alpha), both before orientation."""
     convert = _strip_converter(im)
     factor = _reduce_factor(im.size, target)
     small = _reduce_strips(im, factor, convert)
@@ -413,10 +438,11 @@ def _to_working(
 
 
 def _orient(rgb: np.ndarray, orientation: int | None) -> np.ndarray:
-    """Apply an EXIF orientation (1..8) to an (H, W, 3) array."""
+    """Apply an EXIF orientation (1..8) to an (H, W, 3) or (H, W, 4) array."""
     if orientation is None or orientation not in _TRANSPOSE:
         return rgb
-    small = Image.fromarray(rgb, mode="RGB").transpose(_TRANSPOSE[orientation])
+    mode = "RGBA" if rgb.shape[2] == 4 else "RGB"
+    small = Image.fromarray(rgb, mode=mode).transpose(_TRANSPOSE[orientation])
     return np.asarray(small).copy()
 
 
@@ -474,13 +500,14 @@ def _decode(
         _draft_jpeg(im, target)
         im.load()
         exif = _read_exif(im)
-        rgb = _to_working(im, target, background)
+        rgb, rgba = _to_working(im, target, background)
     except (ImageTooLarge, DecodeError):
         raise
     except _DECODE_ERRORS as exc:
         raise DecodeError(_decode_reason(exc)) from exc
     orientation = exif.orientation
     rgb = _orient(rgb, orientation)
+    rgba = None if rgba is None else _orient(rgba, orientation)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return DecodedImage(
@@ -499,6 +526,7 @@ def _decode(
         camera_model=exif.model,
         exif_datetime=exif.datetime,
         icc_profile=icc or bool(im.info.get("icc_profile")),
+        rgba=rgba,
     )
 
 

@@ -9,10 +9,13 @@ Columns (definitions in :mod:`exokiratory.passes.cues.text` and :mod:`exokirator
 
 * ``n_text_boxes`` (int32), ``text_area_fraction``, ``text_box_score_mean``,
   ``text_box_height_median`` (float32): rapidocr's DB text detector (detection only).
-* ``n_faces`` (int32), ``face_area_fraction``, ``max_face_fraction`` (float32): OpenCV's Haar
-  frontal-face cascade.
+* ``n_faces`` (int32), ``face_area_fraction``, ``max_face_fraction`` (float32): dlib's HOG
+  frontal-face detector (``face_model``; OpenCV's Haar cascade on request).
 * ``text_detector``, ``face_detector``: what produced them (package version and model file,
-  e.g. ``rapidocr-3.10.0/PP-OCRv6_det_small``, ``opencv-4.14.0/haarcascade_frontalface_alt2``).
+  e.g. ``rapidocr-3.10.0/PP-OCRv6_det_small``, ``dlib-20.0.1/frontal_face_hog``).
+
+Version ``v2``: the default face detector became dlib's HOG detector (``v1`` rows came from the
+Haar cascade, which fires on abstract patterns; see :mod:`exokiratory.passes.cues.faces`).
 * ``error``: why the image could not be processed (then every other column is null).
 
 The semantic flags (:mod:`exokiratory.passes.flags.semantic`) read this view when it exists.
@@ -20,7 +23,7 @@ The semantic flags (:mod:`exokiratory.passes.flags.semantic`) read this view whe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -61,9 +64,14 @@ class CuesParams(PassParams):
     text_max_box_height: float = Field(
         0.25, gt=0, le=1, description="taller boxes (/ longer side) are not text lines"
     )
-    face_max_side: int = Field(640, ge=64, le=4096, description="longer side for the cascade, px")
-    face_scale_factor: float = Field(1.1, gt=1, le=2, description="cascade pyramid step")
-    face_min_neighbors: int = Field(5, ge=1, le=50, description="cascade detections to confirm")
+    face_model: Literal["dlib-hog", "haar-alt2"] = Field(
+        "dlib-hog", description="face detector: dlib's HOG (default) or OpenCV's Haar cascade"
+    )
+    face_max_side: int = Field(640, ge=64, le=4096, description="longer side for the detector, px")
+    face_upsample: int = Field(1, ge=0, le=3, description="dlib-hog: pyramid upsamplings")
+    face_min_score: float = Field(0.2, ge=-1, le=3, description="dlib-hog: minimum SVM score")
+    face_scale_factor: float = Field(1.1, gt=1, le=2, description="haar-alt2: pyramid step")
+    face_min_neighbors: int = Field(5, ge=1, le=50, description="haar-alt2: detections to confirm")
     face_min_size_fraction: float = Field(
         0.03, gt=0, lt=1, description="smallest face side / longer image side"
     )
@@ -74,10 +82,10 @@ class CuesParams(PassParams):
 class CuesPass(ImagePass[CuesParams]):
     name = "cues"
     dataset = "features/cues"
-    version = "v1"
+    version = "v2"
     stage = 2
     Params = CuesParams
-    description = "text boxes (rapidocr DB detector) and faces (OpenCV cascade) per image"
+    description = "text boxes (rapidocr DB detector) and faces (dlib HOG detector) per image"
 
     def output_schema(self) -> pa.Schema:
         return CUES_SCHEMA
@@ -104,14 +112,18 @@ class CuesPass(ImagePass[CuesParams]):
                 max_box_height=p.text_max_box_height,
                 threads=p.threads,
             )
-            fdet = faces.get_face_detector(
+            settings = faces.FaceSettings(
+                model=p.face_model,
                 max_side=p.face_max_side,
+                upsample=p.face_upsample,
+                min_score=p.face_min_score,
                 scale_factor=p.face_scale_factor,
                 min_neighbors=p.face_min_neighbors,
                 min_size_fraction=p.face_min_size_fraction,
                 threads=p.threads,
             )
-            return tdet, fdet, text.detector_id(), faces.detector_id()
+            fdet = faces.get_face_detector(settings)
+            return tdet, fdet, text.detector_id(), faces.detector_id(p.face_model)
         except (ImportError, text.DetectorUnavailable) as exc:
             raise PassSetupError(f"cues: {exc}") from exc
 

@@ -9,7 +9,12 @@ routing decision ``is_worth_gpu``.
   perceptual hashes (white page, black lines): a pair that involves one is accepted only under
   a strict rule (``strict_near_duplicate_thresholds``: phash <= 4 AND dhash <= 8), which still
   joins a rescaled or recompressed copy of a page, and a smoothed or darkened copy of a photo
-  (which can fall under the noise cut) to its original. Above ``near_duplicate_large_n``
+  (which can fall under the noise cut) to its original. Both rules also require the alpha hashes
+  (PASS 1 ``alpha_phash``: the silhouette of an image with transparency, 0 for opaque images
+  and for rows sensed before it existed) to be within ``ALPHA_HASH_THRESHOLD`` (12; a key
+  ``alpha_phash`` in ``near_duplicate_thresholds`` overrides it): transparent overlays that
+  composite to the same image over white (e.g. white shapes) are not duplicates unless their
+  shapes match. Opaque pairs always pass it. Above ``near_duplicate_large_n``
   images (100,000) every threshold is capped at ``near_duplicate_large_max_threshold`` (8),
   with a warning: exact multi-index search at 12 bits does not finish in minutes on 10^6
   codes; at 8 it takes about 20 s.
@@ -27,18 +32,29 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from exokiratory.core.storage import Storage
 from exokiratory.engine.flag_rules import Columns, FlagFrame, FlagInput, FlagSource, flag_rule
 from exokiratory.engine.step import PassParams
-from exokiratory.passes.flags.neardup import QUALITY_COLUMNS, group_near_duplicates, make_clauses
+from exokiratory.passes.flags.neardup import (
+    QUALITY_COLUMNS,
+    group_near_duplicates,
+    make_clauses,
+    with_checks,
+)
 from exokiratory.passes.flags.semantic import TextHeavyParams
+from exokiratory.passes.sense.alpha import ALPHA_HASH_COLUMN
 from exokiratory.passes.sense.hashes import HASH_COLUMNS
 
 log = logging.getLogger(__name__)
 
-NEARDUP_VERSION = "neardup-v1"
+NEARDUP_VERSION = "neardup-v2"  # v2: the alpha hash check
+
+ALPHA_HASH_THRESHOLD = 12
+"""Max Hamming distance of the alpha hashes of two near duplicates (different silhouettes are
+~24-40 bits apart, a rescaled copy 0-2)."""
 
 
 class NearDupParams(TextHeavyParams):
@@ -135,8 +151,11 @@ def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Tab
     hashes = {
         h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
     }
+    hashes[ALPHA_HASH_COLUMN] = _alpha_hashes(sub)
     quality = {name: col(sub, name) for name in QUALITY_COLUMNS}
     loose_t, tight_t = dict(p.near_duplicate_thresholds), dict(p.strict_near_duplicate_thresholds)
+    alpha_t = loose_t.pop(ALPHA_HASH_COLUMN, ALPHA_HASH_THRESHOLD)
+    tight_t.pop(ALPHA_HASH_COLUMN, None)
     if len(ids) > p.near_duplicate_large_n:
         cap = p.near_duplicate_large_max_threshold
         log.warning(
@@ -147,10 +166,19 @@ def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Tab
         )
         loose_t = {k: min(v, cap) for k, v in loose_t.items()}
         tight_t = {k: min(v, cap) for k, v in tight_t.items()}
-    loose = make_clauses(loose_t, None)
-    tight = make_clauses(tight_t, [tuple(tight_t)])
+    checks = [(ALPHA_HASH_COLUMN, int(alpha_t))]
+    loose = with_checks(make_clauses(loose_t, None), checks)
+    tight = with_checks(make_clauses(tight_t, [tuple(tight_t)]), checks)
     rules = [(loose, ~strict[idx]), (tight, None)]
     return group_near_duplicates(ids, hashes, rules, quality=quality)
+
+
+def _alpha_hashes(t: pa.Table) -> np.ndarray:
+    """The alpha hash column as uint64, 0 (opaque) where null or absent (old parts)."""
+    if ALPHA_HASH_COLUMN not in t.column_names:
+        return np.zeros(t.num_rows, dtype=np.uint64)
+    filled = pc.fill_null(t.column(ALPHA_HASH_COLUMN), 0)
+    return np.asarray(filled.to_numpy(zero_copy_only=False)).astype(np.uint64)
 
 
 @flag_rule(
@@ -164,7 +192,13 @@ def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Tab
     ],
     order=70,
     params=NearDupParams,
-    features=(*HASH_COLUMNS, "text_likeness_score", "noise_score", *QUALITY_COLUMNS),
+    features=(
+        *HASH_COLUMNS,
+        ALPHA_HASH_COLUMN,
+        "text_likeness_score",
+        "noise_score",
+        *QUALITY_COLUMNS,
+    ),
     inputs=(NEARDUP_CACHE,),
     reads=("sense",),
 )

@@ -30,7 +30,12 @@ when every named hash is within its threshold. :data:`DEFAULT_RULE` and
 
 Each clause is searched with MIH on its most selective hash (smallest threshold) and the
 candidates are checked on the other hashes of the clause. Star links of identical-code sets
-(see above) are accepted without checking the other hashes.
+(see above) are accepted without checking the other hashes. A clause may also carry
+``checks``: hashes that must be within their threshold too but are never searched (nor used as
+the clause's key), and that star links must satisfy as well. The flags use one for the alpha
+hash (:func:`with_checks`, ``alpha_phash``, 0 for opaque images): different transparent
+overlays composite to the same blank image over a white background, and only their alpha
+silhouettes tell them apart.
 
 Groups and canonicals
 ---------------------
@@ -91,6 +96,8 @@ class Clause:
     """One conjunctive clause: every hash named in ``thresholds`` within its threshold."""
 
     thresholds: tuple[tuple[str, int], ...]
+    #: conditions verified on every pair (star links too) but never searched
+    checks: tuple[tuple[str, int], ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -364,6 +371,24 @@ def make_clauses(
     return clauses
 
 
+def with_checks(clauses: Sequence[Clause], checks: Sequence[tuple[str, int]]) -> list[Clause]:
+    """``clauses`` with ``checks`` (hash name, threshold) added to each one's checks."""
+    return [Clause(c.thresholds, (*c.checks, *checks)) for c in clauses]
+
+
+def _within(
+    hashes: Mapping[str, np.ndarray],
+    conditions: Sequence[tuple[str, int]],
+    i: IntArray,
+    j: IntArray,
+) -> npt.NDArray[np.bool_]:
+    ok = np.ones(i.size, dtype=bool)
+    for name, limit in conditions:
+        h = hashes[name]
+        ok &= hamming(h[i], h[j]) <= limit
+    return ok
+
+
 def rule_pairs(
     hashes: Mapping[str, np.ndarray], clauses: Sequence[Clause], max_identical: int = MAX_IDENTICAL
 ) -> tuple[IntArray, IntArray]:
@@ -372,13 +397,11 @@ def rule_pairs(
     for clause in clauses:
         key, key_t = clause.key
         found = find_pairs(hashes[key], key_t, max_identical)
-        ok = np.ones(found.i.size, dtype=bool)
-        for name, limit in clause.thresholds:
-            if name != key:
-                h = hashes[name]
-                ok &= hamming(h[found.i], h[found.j]) <= limit
-        edges_i += [found.i[ok], found.star_i]
-        edges_j += [found.j[ok], found.star_j]
+        others = [(name, limit) for name, limit in clause.thresholds if name != key]
+        ok = _within(hashes, [*others, *clause.checks], found.i, found.j)
+        star = _within(hashes, clause.checks, found.star_i, found.star_j)
+        edges_i += [found.i[ok], found.star_i[star]]
+        edges_j += [found.j[ok], found.star_j[star]]
     if not edges_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty

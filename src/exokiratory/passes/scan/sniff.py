@@ -42,6 +42,7 @@ IMAGE_EXTENSIONS = frozenset(
         ".cr2",
         ".nef",
         ".arw",
+        ".xpm",
     ]
 )
 
@@ -81,6 +82,8 @@ def sniff_format(head: bytes) -> str | None:
         return "JPEGXL"
     if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n":
         return "PPM"
+    if head.startswith(b"/* XPM */"):  # X PixMap, a C source text (Pillow's XPM reader's test)
+        return "XPM"
     return None
 
 

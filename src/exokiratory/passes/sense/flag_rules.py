@@ -31,6 +31,19 @@ Scores come from ``features`` (:mod:`exokiratory.passes.sense.signals`); thresho
   ``junk_information_threshold`` = 0.12, about 1 bit: a low-information threshold of 0.3 also
   catches logos and flat graphics, which are not junk).
 
+Transparent images: the composite PASS 1 columns describe the image drawn over the sense pass's
+background (white), so for a mostly transparent image they describe the background: every
+transparent overlay would be light, low-information and grey. For images with transparency,
+``dark_score``, ``light_score``, ``low_information_score`` and ``grayscale_score`` (and so
+``is_dark``, ``is_light``, ``is_low_information``, ``is_grayscale``, the near-blank part of
+``is_junk`` and the blank guard of ``is_blurry``) are therefore made on the *visible pixels*
+(each pixel's own colour weighted by its opacity: PASS 1's ``visible_*`` columns, see
+:mod:`exokiratory.passes.sense.alpha`), with the same thresholds. A fully transparent image has
+nothing visible: low information 0 (near-blank, junk), and no dark, light or grayscale decision
+(null scores, flags False). Images without transparency, and rows sensed before the
+``visible_*`` columns existed (null there), keep the composite columns, so their values are
+unchanged. The other scores (blur, geometry, outliers) stay on the composite.
+
 Score direction: ``dark_score``, ``light_score``, ``low_information_score``,
 ``grayscale_score`` and ``aspect_ratio_score`` are *quality* scores (higher = less of the named
 problem; the flag is set below the threshold), unlike every other ``*_score``. They keep
@@ -97,6 +110,22 @@ _F32 = pa.float32()
 _BOOL = pa.bool_()
 
 
+def visible_or_composite(frame: FlagFrame, composite: str) -> np.ndarray:
+    """PASS 1 column ``composite``, replaced by its ``visible_*`` twin where that is not null
+    (images with transparency, see the module docstring); a fully transparent image's twin of
+    a brightness or chroma column stays NaN (nothing visible: no decision)."""
+    base = frame.num(composite)
+    names = frame.table.column_names
+    if f"visible_{composite}" not in names:
+        return base
+    visible = frame.num(f"visible_{composite}")
+    use = np.isfinite(visible)
+    if composite != "entropy_score" and "transparent_fraction" in names:
+        with np.errstate(invalid="ignore"):
+            use |= frame.num("transparent_fraction") >= 1.0  # nothing visible: no decision
+    return np.where(use, visible, base)
+
+
 @flag_rule(
     "dark_light",
     [
@@ -107,13 +136,21 @@ _BOOL = pa.bool_()
     ],
     order=20,
     params=ImageQualityParams,
-    features=("brightness_p99", "brightness_p05"),
+    features=(
+        "brightness_p99",
+        "brightness_p05",
+        "visible_brightness_p99",
+        "visible_brightness_p05",
+        "transparent_fraction",
+    ),
     reads=("sense",),
 )
 def dark_light(frame: FlagFrame, p: ImageQualityParams) -> Columns:
-    """Too dark (brightest pixels still dim) or too light (darkest pixels still bright)."""
-    dark = frame.num("brightness_p99")
-    light = 1.0 - frame.num("brightness_p05")
+    """Too dark (brightest pixels still dim) or too light (darkest pixels still bright).
+    Images with transparency: decided on their visible pixels; fully transparent: not decided
+    (see the module docstring)."""
+    dark = visible_or_composite(frame, "brightness_p99")
+    light = 1.0 - visible_or_composite(frame, "brightness_p05")
     with np.errstate(invalid="ignore"):
         is_dark = frame.flag(dark, dark < p.dark_threshold)
         is_light = frame.flag(light, light < p.light_threshold)
@@ -143,12 +180,14 @@ def blurry(frame: FlagFrame, p: ImageQualityParams) -> Columns:
     [pa.field("low_information_score", _F32), pa.field("is_low_information", _BOOL)],
     order=22,
     params=ImageQualityParams,
-    features=("entropy_score",),
+    features=("entropy_score", "visible_entropy_score"),
     reads=("sense",),
 )
 def low_information(frame: FlagFrame, p: ImageQualityParams) -> Columns:
-    """Few grey levels in use (flat graphics, logos, near-blank images)."""
-    low_info = frame.num("entropy_score") / 8.0
+    """Few grey levels in use (flat graphics, logos, near-blank images). Images with
+    transparency: the grey levels of their visible pixels (a fully transparent image has none:
+    0), not of the background they were composited on (see the module docstring)."""
+    low_info = visible_or_composite(frame, "entropy_score") / 8.0
     with np.errstate(invalid="ignore"):
         flagged = frame.flag(low_info, low_info < p.low_information_threshold)
     return {"low_information_score": low_info, "is_low_information": flagged}
@@ -159,12 +198,13 @@ def low_information(frame: FlagFrame, p: ImageQualityParams) -> Columns:
     [pa.field("grayscale_score", _F32), pa.field("is_grayscale", _BOOL)],
     order=23,
     params=ImageQualityParams,
-    features=("grayscale_score",),
+    features=("grayscale_score", "visible_grayscale_score", "transparent_fraction"),
     reads=("sense",),
 )
 def grayscale(frame: FlagFrame, p: ImageQualityParams) -> Columns:
-    """Grey images, however they are stored (the score is the mean chroma)."""
-    grey = frame.num("grayscale_score")
+    """Grey images, however they are stored (the score is the mean chroma). Images with
+    transparency: the chroma of their visible pixels; fully transparent: not decided."""
+    grey = visible_or_composite(frame, "grayscale_score")
     with np.errstate(invalid="ignore"):
         flagged = frame.flag(grey, grey <= p.grayscale_threshold)
     return {"grayscale_score": grey, "is_grayscale": flagged}
