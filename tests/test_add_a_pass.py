@@ -79,5 +79,5 @@ def test_a_registered_pass_runs_resumes_and_shows(
 
 
 def test_a_bad_parameter_names_the_key(registered: None) -> None:
-    with pytest.raises(ValueError, match="passes.example-brightness: bins"):
+    with pytest.raises(ValueError, match=r"passes\.example-brightness: bins"):
         registry.get_pass("example-brightness", {"bins": 1})
