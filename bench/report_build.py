@@ -33,9 +33,9 @@ from exokiratory import Workspace
 from exokiratory.core.catalog import Catalog
 from exokiratory.core.config import RunConfig, render_config
 from exokiratory.core.dataset import PartDataset
+from exokiratory.core.tables import Tables
 from exokiratory.engine.registry import get_pass
-from exokiratory.report.histograms import gather_histograms
-from exokiratory.report.tables import Tables
+from exokiratory.passes.flags.section import gather_histograms
 
 
 def synthetic_embeddings(ws: Workspace, space: str, dim: int, seed: int) -> int:

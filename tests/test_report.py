@@ -20,7 +20,13 @@ from PIL import Image, ImageEnhance, ImageFilter
 from exokiratory import Workspace
 from exokiratory.core.config import render_config
 from exokiratory.report.stopping import AMI_MAX_CELLS, compare
-from exokiratory.report.thumbs import WANTS_SCHEMA, ThumbParams, ThumbStore, image_wants
+from exokiratory.report.thumbs import (
+    WANTS_SCHEMA,
+    ThumbParams,
+    ThumbPass,
+    ThumbStore,
+    image_wants,
+)
 
 from .conftest import NATURAL_PHOTOS, skimage_data_dir
 
@@ -129,8 +135,8 @@ def test_maps_hold_every_embedded_image_with_colour_fields(built: tuple[Workspac
 
 def test_histograms_are_exact_and_carry_the_thresholds(built: tuple[Workspace, str]) -> None:
     ws, page = built
-    from exokiratory.report.histograms import gather_histograms
-    from exokiratory.report.tables import Tables
+    from exokiratory.core.tables import Tables
+    from exokiratory.passes.flags.section import gather_histograms
 
     with ws.catalog() as cat:
         tables = Tables(cat)
@@ -163,7 +169,7 @@ def test_thumbnails_are_cached_and_resumed(built: tuple[Workspace, str]) -> None
     ws, _ = built
     store = ThumbStore(ws, ThumbParams(size=96))
     ids = [r["image_id"] for r in ws.sql("SELECT image_id FROM images").to_pylist()]
-    parts_before = list(ws.storage.list_files("reports/thumbs/v1", ".parquet"))
+    parts_before = list(ws.storage.list_files(f"reports/thumbs/{ThumbPass.version}", ".parquet"))
     assert parts_before  # the report made thumbnails in batches
     before = store.read(ids)
     readable = {

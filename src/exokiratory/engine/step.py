@@ -331,7 +331,8 @@ class ImagePass(Pass[ParamsT]):
                 out = self.process_image(unit, ctx)
                 out["error"] = None
             except Exception as exc:  # a bad image is a row, never a crash
-                log.debug("image %s failed in %s: %s", unit["image_id"], self.name, exc)
+                unit_key = tuple(unit.get(k) for k in self.key)
+                log.debug("unit %s failed in %s: %s", unit_key, self.name, exc)
                 out = {"error": f"{type(exc).__name__}: {exc}"}
             for k in self.key:
                 out[k] = unit[k]

@@ -1,13 +1,16 @@
 """``exokiratory report``: a static, self-contained HTML diagnostics report in ``reports/``.
 
-It discovers every table of the workspace (catalog views) and renders a section for each:
-special sections where the data exists (overview, stop-condition panel, PASS 1 distributions with
-the flag thresholds, galleries, embedding maps, cluster exemplars, motif sheets), "not computed
-yet: run X" where it does not, and a generic summary (rows, one line per column) for every table,
-so the report grows as passes are added. Thumbnails are cached in ``reports/thumbs/`` (made by the
-runner, only the missing ones). Modules: :mod:`.tables` (discovery, summaries), :mod:`.overview`,
-:mod:`.histograms`, :mod:`.galleries`, :mod:`.maps` (sampling, projection), :mod:`.stopping`
-(stop-condition metrics and history snapshots), :mod:`.thumbs`, :mod:`.render`, :mod:`.build`.
+The page is assembled from the section registry (:mod:`exokiratory.engine.sections`): the
+report's own sections (:mod:`.sections`: the stop-condition panel, the overview, the galleries
+frame, every table) and those the pass families contribute from their ``section`` modules
+(distributions and flag galleries, embedding maps, cluster exemplars and outliers, motif
+sheets). Each section gathers its data from the catalog views, says "not computed yet: run X"
+where there is none, and is rendered by its jinja2 template; every table gets a generic summary
+(rows, one line per column), so the report grows as passes are added. Thumbnails are cached in
+``reports/thumbs/`` (made by the runner, only the missing ones). Modules: :mod:`.build`
+(gather, thumbnails, render, write), :mod:`.overview`, :mod:`.stopping` (stop-condition metrics
+and history snapshots), :mod:`.thumbs`, :mod:`.render` (jinja2 environment, filters),
+:mod:`.charts` (histogram SVG geometry), ``templates/`` (page shell, shared macros).
 """
 
 from __future__ import annotations

@@ -1,47 +1,42 @@
-"""Building a report: gather from the views, make the missing thumbnails, render, write atomically."""
+"""Building a report: gather every registered section from the views, make the thumbnails they
+asked for, render the templates, write the page atomically."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from exokiratory.api.status import workspace_status
 from exokiratory.core.config import default_workers
 from exokiratory.core.progress import progress_bar
-from exokiratory.report import galleries as gal
-from exokiratory.report.histograms import flag_params, gather_histograms
-from exokiratory.report.maps import gather_maps
-from exokiratory.report.overview import gather_overview
+from exokiratory.core.tables import Tables
+from exokiratory.engine.sections import (
+    ReportSection,
+    SectionContext,
+    children,
+    page_sections,
+)
+from exokiratory.report import sections  # noqa: F401  (registers the report's own sections)
+from exokiratory.report.overview import random_weight_models
 from exokiratory.report.params import ReportParams
-from exokiratory.report.render import ReportData, render
-from exokiratory.report.stopping import gather_stop_panel
-from exokiratory.report.tables import Tables
-from exokiratory.report.thumbs import ThumbParams, ThumbStore
+from exokiratory.report.render import Page, Part, environment, render_page, render_part
+from exokiratory.report.render import section_hint as _hint
+from exokiratory.report.thumbs import Thumb, ThumbParams, ThumbStore, ThumbWants
 
 if TYPE_CHECKING:
     from exokiratory.api.workspace import Workspace
+    from exokiratory.core.catalog import Catalog
     from exokiratory.engine.step import Step
 
 log = logging.getLogger(__name__)
 
 REPORTS = "reports"
 
-#: (view name, or prefix when it ends with "*") -> the report section that shows it
-SPECIAL_SECTIONS: tuple[tuple[str, str], ...] = (
-    ("images", "overview"),
-    ("paths", "overview"),
-    ("jobs", "overview"),
-    ("features", "distributions"),
-    ("flags", "galleries"),
-    ("images_routed", "galleries"),
-    ("embeddings_*", "maps"),
-    ("clusters_*", "clusters"),
-    ("segment*", "segments"),
-    ("motif*", "segments"),
-)
+#: the workspace status of a catalog (``exokiratory.api.status.workspace_status``)
+StatusOf = Callable[["Catalog", list["Step[Any]"]], Any]
 
 
 @dataclass
@@ -61,141 +56,98 @@ class ReportResult:
         )
 
 
-def _producers(steps: list[Step], views: list[str]) -> dict[str, str]:
-    """view -> the pass that fills it: the pass of that name, else the longest prefix
-    (``clusters_clip_summary`` -> ``clusters-clip``)."""
-    out: dict[str, str] = {}
-    for v in views:
-        match = [s for s in steps if v == s.view_name or v.startswith(s.view_name + "_")]
-        if match:
-            out[v] = max(match, key=lambda s: (v == s.view_name, len(s.view_name))).name
-    return out
-
-
-def _special(views: list[str]) -> dict[str, str]:
-    out = {}
-    for v in views:
-        for pattern, anchor in SPECIAL_SECTIONS:
-            if v == pattern or (pattern.endswith("*") and v.startswith(pattern[:-1])):
-                out[v] = anchor
-                break
-    return out
-
-
-def _hint(steps: list[Step], prefix: str) -> str | None:
-    names = [s.name for s in steps if s.view_name.startswith(prefix)]
-    return " ".join(names) if names else None
-
-
-def _notes(tables: Tables, steps: list[Step]) -> dict[str, str]:
-    notes = {}
-    emb = _hint(steps, "embeddings_") or "embed-clip embed-dino"
-    notes["maps"] = (
-        f"not computed yet: run <code>exokiratory run {emb}</code> (needs the ml extra), "
-        "then build the report again"
-    )
-    cl = _hint(steps, "clusters")
-    notes["clusters"] = (
-        f"not computed yet: run <code>exokiratory run {cl}</code>"
-        if cl
-        else "not computed yet: this workspace has no clustering (views <code>clusters_clip"
-        "</code>, <code>clusters_dino</code>)"
-    )
-    seg = _hint(steps, "segment")
-    mot = _hint(steps, "motif")
-    if tables.nonempty("segments"):
-        n = tables.get("segments")
-        rows = n.rows if n is not None else 0
-        notes["segments"] = f"{rows:,} segments; motifs not computed yet" + (
-            f": run <code>exokiratory run {mot}</code>" if mot else ""
-        )
-    else:
-        notes["segments"] = "not computed yet" + (
-            f": run <code>exokiratory run {seg}</code>"
-            if seg
-            else " (no segment pass in this version)"
-        )
-    return notes
-
-
 def build_report(
-    ws: Workspace, params: ReportParams, *, progress: bool | None = None
+    ws: Workspace, params: ReportParams, *, status: StatusOf, progress: bool | None = None
 ) -> ReportResult:
     """Build ``reports/<name>.html`` for a workspace (see :mod:`exokiratory.report`)."""
     t0 = time.monotonic()
+    step_views = {s.name: list(s.views()) for s in ws._all_steps()}
+    wants = ThumbWants()
     steps = ws.passes()
-    all_steps = ws._all_steps()
-    with ws.catalog(steps) as cat, progress_bar("report", 6, progress) as advance:
+    with ws.catalog(steps) as cat:
         tables = Tables(cat)
-        tables.summarise()
-        advance()
-        status = workspace_status(cat, steps)
-        overview = gather_overview(tables, status)
-        advance()
-        fparams = flag_params(tables, ws.config.passes.get("flags"))
-        feat_h, flag_h = gather_histograms(tables, fparams, params.histogram_bins)
-        advance()
-        offenders, unflagged = gal.offender_galleries(tables, params.gallery_size)
-        labels = gal.label_gallery(tables, params.per_stratum)
-        dups = gal.duplicate_galleries(tables, params.dup_groups)
-        outliers = gal.outlier_galleries(tables, params.gallery_size)
-        strata = gal.strata_gallery(tables, params.per_stratum, params.seed)
-        exemplars = gal.exemplar_galleries(
-            tables, params.exemplar_clusters, params.exemplars_per_cluster
-        )
-        motifs = gal.motif_galleries(tables, params.exemplar_clusters, params.exemplars_per_cluster)
-        advance()
-        maps = gather_maps(tables, params.map_sample, params.seed)
-        advance()
-        stop = gather_stop_panel(
+        ctx = SectionContext(
             tables,
+            params,
+            wants,
             ws.storage,
-            status,
-            stable_ari=params.stable_ari,
-            stable_jaccard=params.stable_outlier_jaccard,
+            None,
+            step_views,
+            {k: dict(v or {}) for k, v in ws.config.passes.items()},
         )
-        advance()
-        galleries = [
-            g for g in (*offenders, labels, *dups, *outliers, strata, *exemplars, *motifs) if g
-        ]
-        map_ids = sorted({i for m in maps for i in m.ids})
-        wants = gal.wants_of(galleries, map_ids)
-        info = [tables.info[v] for v in cat.views]
-        producers = _producers(all_steps, list(cat.views))
-        notes = _notes(tables, all_steps)
-    store = ThumbStore(ws, ThumbParams(size=params.thumb_size))
-    made = store.ensure(
-        wants,
-        workers=ws.config.run.workers or default_workers(),
-        batch_size=ws.config.run.batch_size,
-        progress=progress,
-    )
-    thumbs = store.read(wants.column("thumb_id").to_pylist())
-    data = ReportData(
+        parts = _gather(ctx, lambda: status(cat, steps), progress)
+    thumbs, made = _thumbnails(ws, params, wants, progress)
+    page = Page(
         title=f"exokiratory report: {params.name}",
         workspace=ws.storage.url,
         built_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=time.monotonic() - t0,
-        overview=overview,
-        stop=stop,
-        feature_hists=feat_h,
-        flag_hists=flag_h,
-        offenders=offenders,
-        unflagged=unflagged,
-        labels=labels,
-        duplicates=dups,
-        outliers=outliers,
-        strata=strata,
-        exemplars=exemplars,
-        motifs=motifs,
-        maps=maps,
-        tables=info,
+        n_images=sum(ctx.status.images_by_status.values()),
+        parts=parts,
         thumbs=thumbs,
-        producers=producers,
-        special=_special(list(tables.info)),
-        notes=notes,
+        random_weight=dict(ctx.random_weight),
     )
-    page = render(data).encode("utf-8")
+    html = _render(page, step_views).encode("utf-8")
+    return _write(ws, params, html, t0, made, sum(1 for t in thumbs.values() if t.jpeg))
+
+
+def _gather(ctx: SectionContext, status: Callable[[], Any], progress: bool | None) -> list[Part]:
+    """Every page section and its blocks, gathered in order (one progress step each)."""
+    tops = page_sections()
+    n = 1 + sum(1 + len(children(s.id)) for s in tops)
+    with progress_bar("report", n, progress) as advance:
+        ctx.tables.summarise()
+        ctx.status = status()
+        ctx.random_weight = random_weight_models(ctx.tables)
+        advance()
+        parts = []
+        for s in tops:
+            part = _gather_one(s, ctx)
+            advance()
+            for child in children(s.id):
+                part.children.append(_gather_one(child, ctx))
+                advance()
+            parts.append(part)
+    return parts
+
+
+def _gather_one(s: ReportSection, ctx: SectionContext) -> Part:
+    """A section's data; a section that fails says so on the page instead of failing it."""
+    if s.gather is None:
+        return Part(s)
+    try:
+        return Part(s, s.gather(ctx))
+    except Exception as exc:
+        log.warning("report section %r failed", s.id, exc_info=True)
+        return Part(s, error=f"{type(exc).__name__}: {exc}")
+
+
+def _thumbnails(
+    ws: Workspace, params: ReportParams, wants: ThumbWants, progress: bool | None
+) -> tuple[dict[str, Thumb], int]:
+    """(the thumbnails the sections asked for, how many were made now)."""
+    store = ThumbStore(ws, ThumbParams(size=params.thumb_size))
+    made = store.ensure(
+        wants.table(),
+        workers=ws.config.run.workers or default_workers(),
+        batch_size=ws.config.run.batch_size,
+        progress=progress,
+    )
+    return store.read(wants.ids()), made
+
+
+def _render(page: Page, step_views: dict[str, list[str]]) -> str:
+    everything: Sequence[Part] = [c for p in page.parts for c in (p, *p.children)]
+    packages = {p.section.package for p in everything}
+    env = environment(packages, page.thumbs, step_views, page.random_weight)
+    for part in everything:
+        render_part(env, part, _hint(part.section, step_views))
+    return render_page(env, page)
+
+
+def _write(
+    ws: Workspace, params: ReportParams, page: bytes, t0: float, made: int, n_thumbs: int
+) -> ReportResult:
     rel = f"{REPORTS}/{params.name}.html"
     ws.storage.write_bytes_atomic(rel, page)
     local = ws.storage.path(rel) if ws.storage.is_local else None
@@ -205,8 +157,8 @@ def build_report(
         local,
         time.monotonic() - t0,
         made,
-        sum(1 for t in thumbs.values() if t.jpeg),
+        n_thumbs,
         len(page),
     )
-    log.info("%s", result.summary())
+    log.debug("%s", result.summary())  # the callers print it (once)
     return result

@@ -1,23 +1,26 @@
-"""The overview: counts per status, per flag, per modality, duplicates, per-pass progress."""
+"""The overview: counts per status, per flag, per modality, duplicates, per-pass progress, and
+the random-weight models behind any table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from exokiratory.report.tables import Tables, qi
+from exokiratory.core.tables import Tables, qi
+from exokiratory.models.registry import TINY_PREFIX
+from exokiratory.passes.flags.section import DESCRIPTIVE_FLAGS, NOT_PROBLEMS, flag_columns
+from exokiratory.passes.zeroshot.section import modality_sql
 
-#: Boolean flags that are not problems: routing decisions and canonical markers.
-NOT_PROBLEMS = frozenset(
-    {"is_worth_gpu", "is_dup_canonical", "is_semantic_dup_canonical", "is_text_heavy"}
+#: keys of the workspace status shown elsewhere in the overview (the rest go to ``extra``)
+SHOWN_STATUS = (
+    "workspace",
+    "images_by_status",
+    "paths_by_status",
+    "exact_duplicate_paths",
+    "last_scan",
+    "passes",
+    "derived",
 )
-#: Boolean flags that describe content (modality, people, density): shown as label samples.
-DESCRIPTIVE_FLAGS = frozenset(
-    {"is_photo", "is_scan", "is_graphic", "is_human_present", "is_dense_scene"}
-)
-
-#: Columns that hold a modality label, in order of preference.
-MODALITY_COLUMNS = ("modality",)
 
 
 @dataclass
@@ -32,6 +35,14 @@ class PassProgress:
     errors: list[tuple[str, str]] = field(default_factory=list)
     batches: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass
+class FlagCounts:
+    flags: dict[str, int] = field(default_factory=dict)
+    n_flagged_images: int = 0
+    near_duplicate_groups: int = 0
+    near_duplicate_members: int = 0
 
 
 @dataclass
@@ -50,108 +61,91 @@ class Overview:
     derived: list[dict[str, Any]]
     jobs_by_pass: dict[str, dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: view -> ids of the random-weight models whose rows it holds
+    random_weight: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> dict[str, int]:
+        return {
+            "exact-duplicate paths": self.exact_duplicate_paths,
+            "images with exact duplicates": self.images_with_exact_duplicates,
+            "near-duplicate groups": self.near_duplicate_groups,
+            "images in near-duplicate groups": self.near_duplicate_members,
+        }
+
+    @property
+    def flags_by_count(self) -> dict[str, int]:
+        return dict(sorted(self.flags.items(), key=lambda kv: -kv[1]))
+
+    @property
+    def errors(self) -> list[tuple[str, str, str]]:
+        return [(p.name, k, m) for p in self.passes for k, m in p.errors]
+
+    @property
+    def other_jobs(self) -> dict[str, dict[str, Any]]:
+        """Logged steps that are not passes of the status (derivations, thumbnails...)."""
+        names = {p.name for p in self.passes}
+        return {k: v for k, v in self.jobs_by_pass.items() if k not in names}
 
 
 def _counts(tables: Tables, sql: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in tables.cat.rows(sql)}
 
 
-def flag_columns(tables: Tables) -> list[str]:
-    t = tables.get("flags")
-    if t is None:
-        return []
-    return [c for c, typ in t.columns.items() if c.startswith("is_") and typ == "BOOLEAN"]
-
-
-def zeroshot_view(tables: Tables) -> str | None:
-    """A long-format zero-shot table (image_id, group_id, class_id, prob), if any."""
-    return tables.find_with("image_id", "group_id", "class_id", "prob", prefer=("zeroshot",))
-
-
-def zeroshot_groups(tables: Tables) -> list[str]:
-    """The zero-shot groups (queried once per build)."""
-    view = zeroshot_view(tables)
-    if view is None:
-        return []
-    return tables.memo(
-        f"zeroshot_groups:{view}",
-        lambda: [
-            str(r[0])
-            for r in tables.cat.rows(f"SELECT DISTINCT group_id FROM {qi(view)} ORDER BY 1")
-        ],
-    )
-
-
-def zeroshot_sql(view: str, group: str) -> str:
-    """image_id and the most probable class of one zero-shot group."""
-    g = group.replace("'", "''")
-    return (
-        f"SELECT image_id, arg_max(class_id, prob) AS label FROM {qi(view)} "
-        f"WHERE group_id = '{g}' GROUP BY image_id"
-    )
-
-
-def modality_sql(tables: Tables) -> tuple[str, str] | None:
-    """(SQL selecting ``image_id, label`` = the modality of each image, where it comes from):
-    a ``modality`` column written by a pass, else the zero-shot ``modality`` group."""
-    for col in MODALITY_COLUMNS:
-        view = tables.find_with("image_id", col, prefer=("flags", "cues", "modality"))
-        if view is not None:
-            return (
-                f"SELECT image_id, {qi(col)}::VARCHAR AS label FROM {qi(view)}",
-                f"{view}.{col}",
-            )
-    view = zeroshot_view(tables)
-    if view is not None and "modality" in zeroshot_groups(tables):
-        return zeroshot_sql(view, "modality"), f"zero-shot CLIP ({view}, group 'modality')"
-    return None
-
-
-def gather_overview(tables: Tables, status: Any) -> Overview:
-    cat = tables.cat
+def flag_counts(tables: Tables) -> FlagCounts:
+    """Images per flag, images with a problem flag, near-duplicate groups and members."""
     flags = flag_columns(tables)
-    flag_counts: dict[str, int] = {}
-    n_flagged = 0
-    groups = members = 0
-    if flags and tables.nonempty("flags"):
-        flag_counts = {c: tables.n_true("flags", c) for c in flags}
-        problems = [c for c in flags if c not in NOT_PROBLEMS | DESCRIPTIVE_FLAGS]
-        anyf = " OR ".join(qi(c) for c in problems) or "false"
-        n_flagged = int(cat.scalar(f"SELECT count(*) FROM flags WHERE {anyf}") or 0)
-        if tables.has("flags", "dup_group_id"):
-            r = cat.rows(
-                "SELECT count(DISTINCT dup_group_id), count(dup_group_id) FROM flags "
-                "WHERE dup_group_id IS NOT NULL"
-            )[0]
-            groups, members = int(r[0]), int(r[1])
-    modality: dict[str, int] = {}
+    out = FlagCounts()
+    if not flags or not tables.nonempty("flags"):
+        return out
+    out.flags = {c: tables.n_true("flags", c) for c in flags}
+    problems = [c for c in flags if c not in NOT_PROBLEMS | DESCRIPTIVE_FLAGS]
+    anyf = " OR ".join(qi(c) for c in problems) or "false"
+    out.n_flagged_images = int(tables.cat.scalar(f"SELECT count(*) FROM flags WHERE {anyf}") or 0)
+    if tables.has("flags", "dup_group_id"):
+        r = tables.cat.rows(
+            "SELECT count(DISTINCT dup_group_id), count(dup_group_id) FROM flags "
+            "WHERE dup_group_id IS NOT NULL"
+        )[0]
+        out.near_duplicate_groups, out.near_duplicate_members = int(r[0]), int(r[1])
+    return out
+
+
+def modality_counts(tables: Tables) -> tuple[dict[str, int], str | None]:
     src = modality_sql(tables)
-    if src is not None:
-        modality = _counts(
-            tables,
-            f"SELECT coalesce(label, '(none)'), count(*) FROM ({src[0]}) GROUP BY 1 ORDER BY 2 DESC",
-        )
-    with_dups = int(cat.scalar("SELECT count(*) FROM images WHERE n_paths > 1") or 0)
+    if src is None:
+        return {}, None
+    sql = f"SELECT coalesce(label, '(none)'), count(*) FROM ({src[0]}) GROUP BY 1 ORDER BY 2 DESC"
+    return _counts(tables, sql), src[1]
+
+
+def jobs_by_pass(tables: Tables) -> dict[str, dict[str, Any]]:
+    """Batches, units, errors and seconds per logged step (the jobs log)."""
     jobs: dict[str, dict[str, Any]] = {}
-    if tables.nonempty("jobs"):
-        for name, ok, failed, skipped, units, errors, secs, last in cat.rows(
-            """SELECT pass_name, count(*) FILTER (WHERE status = 'ok'),
-                      count(*) FILTER (WHERE status = 'failed'),
-                      count(*) FILTER (WHERE status = 'skipped'),
-                      sum(n_units) FILTER (WHERE status = 'ok'), sum(n_errors),
-                      sum(seconds), strftime(max(finished_at), '%Y-%m-%d %H:%M:%S')
-               FROM jobs GROUP BY pass_name ORDER BY max(finished_at)"""
-        ):
-            jobs[str(name)] = {
-                "batches ok": int(ok),
-                "batches failed": int(failed),
-                "batches skipped": int(skipped),
-                "units": int(units or 0),
-                "unit errors": int(errors or 0),
-                "seconds": float(secs or 0.0),
-                "last": last,
-            }
-    passes = [
+    if not tables.nonempty("jobs"):
+        return jobs
+    for name, ok, failed, skipped, units, errors, secs, last in tables.cat.rows(
+        """SELECT pass_name, count(*) FILTER (WHERE status = 'ok'),
+                  count(*) FILTER (WHERE status = 'failed'),
+                  count(*) FILTER (WHERE status = 'skipped'),
+                  sum(n_units) FILTER (WHERE status = 'ok'), sum(n_errors),
+                  sum(seconds), strftime(max(finished_at), '%Y-%m-%d %H:%M:%S')
+           FROM jobs GROUP BY pass_name ORDER BY max(finished_at)"""
+    ):
+        jobs[str(name)] = {
+            "batches ok": int(ok),
+            "batches failed": int(failed),
+            "batches skipped": int(skipped),
+            "units": int(units or 0),
+            "unit errors": int(errors or 0),
+            "seconds": float(secs or 0.0),
+            "last": last,
+        }
+    return jobs
+
+
+def pass_progress(status: Any, jobs: dict[str, dict[str, Any]]) -> list[PassProgress]:
+    return [
         PassProgress(
             p.name,
             p.version,
@@ -166,34 +160,42 @@ def gather_overview(tables: Tables, status: Any) -> Overview:
         )
         for p in status.passes
     ]
-    derived = [dict(d.__dict__) for d in getattr(status, "derived", [])]
-    extra = {
-        k: v
-        for k, v in status.to_dict().items()
-        if k
-        not in (
-            "workspace",
-            "images_by_status",
-            "paths_by_status",
-            "exact_duplicate_paths",
-            "last_scan",
-            "passes",
-            "derived",
+
+
+def random_weight_models(tables: Tables) -> dict[str, tuple[str, ...]]:
+    """view -> the random-weight (``tiny:``) model ids among its rows' ``model_id``: one small
+    aggregate per view that records a model."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, t in tables.info.items():
+        if t.error is not None or not t.rows or t.columns.get("model_id") != "VARCHAR":
+            continue
+        rows = tables.cat.rows(
+            f"SELECT DISTINCT model_id FROM {qi(name)} WHERE starts_with(model_id, ?) ORDER BY 1",
+            [TINY_PREFIX],
         )
-    }
+        if rows:
+            out[name] = tuple(str(r[0]) for r in rows)
+    return out
+
+
+def gather_overview(tables: Tables, status: Any) -> Overview:
+    flags = flag_counts(tables)
+    modality, modality_source = modality_counts(tables)
+    with_dups = int(tables.cat.scalar("SELECT count(*) FROM images WHERE n_paths > 1") or 0)
+    jobs = jobs_by_pass(tables)
     return Overview(
         images_by_status=dict(status.images_by_status),
         paths_by_status=dict(status.paths_by_status),
         exact_duplicate_paths=int(status.exact_duplicate_paths),
         images_with_exact_duplicates=with_dups,
-        near_duplicate_groups=groups,
-        near_duplicate_members=members,
-        flags=flag_counts,
-        n_flagged_images=n_flagged,
+        near_duplicate_groups=flags.near_duplicate_groups,
+        near_duplicate_members=flags.near_duplicate_members,
+        flags=flags.flags,
+        n_flagged_images=flags.n_flagged_images,
         modality=modality,
-        modality_source=src[1] if src else None,
-        passes=passes,
-        derived=derived,
+        modality_source=modality_source,
+        passes=pass_progress(status, jobs),
+        derived=[dict(d.__dict__) for d in getattr(status, "derived", [])],
         jobs_by_pass=jobs,
-        extra=extra,
+        extra={k: v for k, v in status.to_dict().items() if k not in SHOWN_STATUS},
     )

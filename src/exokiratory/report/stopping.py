@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from exokiratory.core.storage import Storage
+from exokiratory.core.tables import Tables
+from exokiratory.passes.clusters.section import cluster_levels
 from exokiratory.passes.clusters.step import agreement
-from exokiratory.report.galleries import cluster_levels
-from exokiratory.report.tables import Tables
 
 log = logging.getLogger(__name__)
 
@@ -190,49 +190,16 @@ def cluster_metrics(tables: Tables) -> list[dict[str, Any]]:
 
 
 def _between(cur: pa.Table, prev: pa.Table) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(each clustering of ``cur`` against ``prev`` on the images of both, {"persistence": the
+    outlier sets kept, "new_images": images in ``cur`` only})."""
     import duckdb
 
     con = duckdb.connect()
     try:
         con.register("cur", cur)
         con.register("prev", prev)
-        out = []
-        signals = [
-            str(r[0])
-            for r in con.execute(
-                "SELECT DISTINCT signal FROM cur WHERE signal LIKE 'cluster:%' ORDER BY 1"
-            ).fetchall()
-        ]
-        for s in signals:
-            rows = con.execute(
-                "SELECT c.value, p.value FROM cur c JOIN prev p USING (image_id, signal) "
-                "WHERE signal = ?",
-                [s],
-            ).fetchall()
-            if not rows:
-                out.append({"signal": s, "n": 0, "ari": None, "nmi": None, "ami": None})
-                continue
-            arr = np.asarray(rows, dtype=np.int64)
-            out.append({"signal": s, **compare(arr[:, 0], arr[:, 1])})
-        pers = []
-        for s in ("outlier", "emb_outlier:clip", "emb_outlier:dino"):
-            both, either, n_prev = con.execute(
-                """SELECT count(*) FILTER (WHERE c.image_id IS NOT NULL AND p.image_id IS NOT NULL),
-                          count(*), count(p.image_id)
-                   FROM (SELECT image_id FROM cur WHERE signal = $s
-                         AND image_id IN (SELECT image_id FROM prev WHERE signal = 'image')) c
-                   FULL JOIN (SELECT image_id FROM prev WHERE signal = $s) p USING (image_id)""",
-                {"s": s},
-            ).fetchone() or (0, 0, 0)
-            if either:
-                pers.append(
-                    {
-                        "signal": s,
-                        "jaccard": both / either,
-                        "kept": both / n_prev if n_prev else float("nan"),
-                        "n": int(either),
-                    }
-                )
+        out = _clusterings_between(con)
+        pers = _outliers_between(con)
         new = con.execute(
             "SELECT count(*) FROM cur WHERE signal = 'image' AND image_id NOT IN "
             "(SELECT image_id FROM prev WHERE signal = 'image')"
@@ -240,6 +207,51 @@ def _between(cur: pa.Table, prev: pa.Table) -> tuple[list[dict[str, Any]], dict[
         return out, {"persistence": pers, "new_images": int(new[0]) if new else 0}
     finally:
         con.close()
+
+
+def _clusterings_between(con: Any) -> list[dict[str, Any]]:
+    out = []
+    signals = [
+        str(r[0])
+        for r in con.execute(
+            "SELECT DISTINCT signal FROM cur WHERE signal LIKE 'cluster:%' ORDER BY 1"
+        ).fetchall()
+    ]
+    for s in signals:
+        rows = con.execute(
+            "SELECT c.value, p.value FROM cur c JOIN prev p USING (image_id, signal) "
+            "WHERE signal = ?",
+            [s],
+        ).fetchall()
+        if not rows:
+            out.append({"signal": s, "n": 0, "ari": None, "nmi": None, "ami": None})
+            continue
+        arr = np.asarray(rows, dtype=np.int64)
+        out.append({"signal": s, **compare(arr[:, 0], arr[:, 1])})
+    return out
+
+
+def _outliers_between(con: Any) -> list[dict[str, Any]]:
+    pers = []
+    for s in ("outlier", "emb_outlier:clip", "emb_outlier:dino"):
+        both, either, n_prev = con.execute(
+            """SELECT count(*) FILTER (WHERE c.image_id IS NOT NULL AND p.image_id IS NOT NULL),
+                      count(*), count(p.image_id)
+               FROM (SELECT image_id FROM cur WHERE signal = $s
+                     AND image_id IN (SELECT image_id FROM prev WHERE signal = 'image')) c
+               FULL JOIN (SELECT image_id FROM prev WHERE signal = $s) p USING (image_id)""",
+            {"s": s},
+        ).fetchone() or (0, 0, 0)
+        if either:
+            pers.append(
+                {
+                    "signal": s,
+                    "jaccard": both / either,
+                    "kept": both / n_prev if n_prev else float("nan"),
+                    "n": int(either),
+                }
+            )
+    return pers
 
 
 def _cross_space_persistence(cur: pa.Table) -> list[dict[str, Any]]:
@@ -306,36 +318,11 @@ def _verdict(
     prev_metrics: dict[str, Any],
     new_images: int | None,
 ) -> None:
-    checks = panel.checks
-    started = [p for p in status.passes if p.done or p.failed]
-    remaining = {p.name: p.remaining for p in started if p.remaining}
-    checks.append(
-        Check(
-            "started passes complete",
-            "all done" if not remaining else ", ".join(f"{k}: {v}" for k, v in remaining.items()),
-            "stable" if not remaining else "moving",
-            "units still wanted by a pass that has begun",
-        )
-    )
-    idle = [p.name for p in status.passes if not (p.done or p.failed) and p.wanted]
-    if idle:
-        checks.append(
-            Check("passes not started", ", ".join(idle), "info", "not counted in the verdict")
-        )
-    for r in panel.cluster_change:
-        ari = r.get("ari_vs_previous")
-        if ari is None:
-            continue
-        checks.append(
-            Check(
-                f"{r['space'].upper()} clustering level {r['level']} vs its previous run",
-                f"ARI {_fmt(float(ari))}",
-                "stable" if float(ari) >= stable_ari else "moving",
-                f"stable when ARI >= {stable_ari} (clusters_{r['space']}_metrics)",
-            )
-        )
+    """The checks of the panel, then the verdict they give (see the module docstring)."""
+    panel.checks += _completion_checks(status)
+    panel.checks += _clustering_checks(panel.cluster_change, stable_ari)
     if panel.previous is None:
-        checks.append(
+        panel.checks.append(
             Check(
                 "change since the previous report",
                 "no earlier snapshot",
@@ -344,64 +331,130 @@ def _verdict(
             )
         )
     else:
-        if new_images is not None:
-            checks.append(
-                Check(
-                    "new images since the previous snapshot",
-                    str(new_images),
-                    "stable" if new_images == 0 else "moving",
-                )
+        panel.checks += _new_images_checks(new_images)
+        panel.checks += _between_runs_checks(panel.between_runs, stable_ari)
+        panel.checks += _persistence_checks(panel.persistence, stable_jaccard)
+        panel.checks += _agreement_checks(panel.agreement, prev_metrics)
+    panel.verdict, panel.verdict_text = _decide(panel.checks)
+
+
+def _completion_checks(status: Any) -> list[Check]:
+    started = [p for p in status.passes if p.done or p.failed]
+    remaining = {p.name: p.remaining for p in started if p.remaining}
+    out = [
+        Check(
+            "started passes complete",
+            "all done" if not remaining else ", ".join(f"{k}: {v}" for k, v in remaining.items()),
+            "stable" if not remaining else "moving",
+            "units still wanted by a pass that has begun",
+        )
+    ]
+    idle = [p.name for p in status.passes if not (p.done or p.failed) and p.wanted]
+    if idle:
+        out.append(
+            Check("passes not started", ", ".join(idle), "info", "not counted in the verdict")
+        )
+    return out
+
+
+def _clustering_checks(cluster_change: list[dict[str, Any]], stable_ari: float) -> list[Check]:
+    """Each clustering against its own previous run (recorded by the derivations)."""
+    out = []
+    for r in cluster_change:
+        ari = r.get("ari_vs_previous")
+        if ari is None:
+            continue
+        out.append(
+            Check(
+                f"{r['space'].upper()} clustering level {r['level']} vs its previous run",
+                f"ARI {_fmt(float(ari))}",
+                "stable" if float(ari) >= stable_ari else "moving",
+                f"stable when ARI >= {stable_ari} (clusters_{r['space']}_metrics)",
             )
-        for r in panel.between_runs:
-            ari = r.get("ari")
-            state = "unknown" if ari is None else "stable" if ari >= stable_ari else "moving"
-            checks.append(
-                Check(
-                    f"{r['signal']} vs previous run",
-                    f"ARI {_fmt(ari)}",
-                    state,
-                    f"stable when ARI >= {stable_ari}",
-                )
+        )
+    return out
+
+
+def _new_images_checks(new_images: int | None) -> list[Check]:
+    if new_images is None:
+        return []
+    return [
+        Check(
+            "new images since the previous snapshot",
+            str(new_images),
+            "stable" if new_images == 0 else "moving",
+        )
+    ]
+
+
+def _between_runs_checks(between: list[dict[str, Any]], stable_ari: float) -> list[Check]:
+    out = []
+    for r in between:
+        ari = r.get("ari")
+        state = "unknown" if ari is None else "stable" if ari >= stable_ari else "moving"
+        out.append(
+            Check(
+                f"{r['signal']} vs previous run",
+                f"ARI {_fmt(ari)}",
+                state,
+                f"stable when ARI >= {stable_ari}",
             )
-        for p in panel.persistence:
-            if not str(p.get("pair", "")).endswith("previous run"):
-                continue
-            j = float(p["jaccard"])
-            checks.append(
-                Check(
-                    f"{p['signal']} persistence",
-                    f"Jaccard {_fmt(j)}",
-                    "stable" if j >= stable_jaccard else "moving",
-                    f"stable when Jaccard >= {stable_jaccard}",
-                )
+        )
+    return out
+
+
+def _persistence_checks(persistence: list[dict[str, Any]], stable_jaccard: float) -> list[Check]:
+    """Outlier sets against the previous snapshot (not the cross-space pairs)."""
+    out = []
+    for p in persistence:
+        if not str(p.get("pair", "")).endswith("previous run"):
+            continue
+        j = float(p["jaccard"])
+        out.append(
+            Check(
+                f"{p['signal']} persistence",
+                f"Jaccard {_fmt(j)}",
+                "stable" if j >= stable_jaccard else "moving",
+                f"stable when Jaccard >= {stable_jaccard}",
             )
-        old = {str(a["level"]): a for a in prev_metrics.get("agreement", [])}
-        for a in panel.agreement:
-            o = old.get(str(a["level"]))
-            if o is None or a.get("ari") is None or o.get("ari") is None:
-                continue
-            delta = float(a["ari"]) - float(o["ari"])
-            checks.append(
-                Check(
-                    f"CLIP-DINO agreement, level {a['level']}",
-                    f"ARI {_fmt(a['ari'])} ({delta:+.3f} since previous)",
-                    "stable" if abs(delta) < 0.02 else "moving",
-                    "stable when it changes by less than 0.02",
-                )
+        )
+    return out
+
+
+def _agreement_checks(agreement: list[dict[str, Any]], prev_metrics: dict[str, Any]) -> list[Check]:
+    """CLIP-DINO agreement per level against the one recorded with the previous snapshot."""
+    old = {str(a["level"]): a for a in prev_metrics.get("agreement", [])}
+    out = []
+    for a in agreement:
+        o = old.get(str(a["level"]))
+        if o is None or a.get("ari") is None or o.get("ari") is None:
+            continue
+        delta = float(a["ari"]) - float(o["ari"])
+        out.append(
+            Check(
+                f"CLIP-DINO agreement, level {a['level']}",
+                f"ARI {_fmt(a['ari'])} ({delta:+.3f} since previous)",
+                "stable" if abs(delta) < 0.02 else "moving",
+                "stable when it changes by less than 0.02",
             )
+        )
+    return out
+
+
+def _decide(checks: list[Check]) -> tuple[str, str]:
+    """(verdict, its explanation): any moving check keeps going; else any unknown one means
+    not enough history; else move on."""
     states = {c.state for c in checks}
     if "moving" in states:
-        panel.verdict = "keep going"
         moving = [c.name for c in checks if c.state == "moving"]
-        panel.verdict_text = "still changing: " + "; ".join(moving)
-    elif "unknown" in states:
-        panel.verdict = "not enough history"
-        panel.verdict_text = (
-            "no change measured yet: run the next pass (or rescan) and build the report again"
+        return "keep going", "still changing: " + "; ".join(moving)
+    if "unknown" in states:
+        return (
+            "not enough history",
+            "no change measured yet: run the next pass (or rescan) and build the report again",
         )
-    else:
-        panel.verdict = "move on"
-        panel.verdict_text = (
-            "every started pass is complete and the structure did not change since the "
-            "previous snapshot: further passes of this kind are unlikely to change it"
-        )
+    return (
+        "move on",
+        "every started pass is complete and the structure did not change since the "
+        "previous snapshot: further passes of this kind are unlikely to change it",
+    )

@@ -9,7 +9,8 @@ Columns:
 
 * ``thumb_id`` (key): the image id, or ``<segment_id>`` for a segment crop.
 * ``image_id``, ``image_idx``: the image the thumbnail was cut from.
-* ``jpeg``: the JPEG bytes (longer side ``size`` px, quality ``quality``); null on error.
+* ``jpeg``: the JPEG bytes (longer side ``size`` px, quality ``quality``), PNG with alpha for
+  images with transparency (the page draws those on a checkerboard); null on error.
 * ``width``, ``height``: the thumbnail's size in pixels.
 * ``error``: why no thumbnail could be made (decode error...), else null.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +64,7 @@ class ThumbPass(ImagePass[ThumbParams]):
 
     name = "report-thumbs"
     dataset = "reports/thumbs"
-    version = "v1"
+    version = "v2"  # v2: transparent images as PNG with alpha
     key = ("thumb_id",)
     Params = ThumbParams
     description = "report thumbnails (not a pipeline pass)"
@@ -109,7 +111,8 @@ class ThumbPass(ImagePass[ThumbParams]):
         crop = unit.get("crop")
         working = p.crop_working_size if crop else p.size
         img = load_working_image(unit["data"], working, ctx.max_image_pixels)
-        rgb = img.rgb
+        # transparent images keep their alpha (PNG): the page draws them on a checkerboard
+        rgb = img.rgb if img.rgba is None else img.rgba
         if crop:
             rgb = crop_array(rgb, [float(c) for c in crop])
         im = Image.fromarray(rgb)
@@ -121,7 +124,10 @@ class ThumbPass(ImagePass[ThumbParams]):
                 reducing_gap=2.0,
             )
         buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=p.quality, optimize=True)
+        if im.mode == "RGBA":
+            im.save(buf, "PNG", optimize=True)
+        else:
+            im.save(buf, "JPEG", quality=p.quality, optimize=True)
         return {
             "image_id": unit["src_image_id"],
             "jpeg": buf.getvalue(),
@@ -229,6 +235,36 @@ def _unique(wants: pa.Table) -> pa.Table:
             seen.add(tid)
             keep.append(i)
     return wants.take(pa.array(keep, pa.int64())).cast(WANTS_SCHEMA)
+
+
+class ThumbWants:
+    """The thumbnails the report's sections ask for (:class:`exokiratory.engine.sections.
+    ThumbnailRequests`), collected while they gather, made afterwards."""
+
+    def __init__(self) -> None:
+        self._wants: dict[str, tuple[str, list[float] | None]] = {}
+
+    def image(self, image_id: str) -> str:
+        self._wants.setdefault(image_id, (image_id, None))
+        return image_id
+
+    def crop(self, thumb_id: str, image_id: str, box: Sequence[float]) -> str:
+        self._wants.setdefault(thumb_id, (image_id, [float(c) for c in box]))
+        return thumb_id
+
+    def ids(self) -> list[str]:
+        return list(self._wants)
+
+    def table(self) -> pa.Table:
+        """The wants as a ``WANTS_SCHEMA`` table (one row per thumbnail)."""
+        return pa.table(
+            {
+                "thumb_id": list(self._wants),
+                "image_id": [w[0] for w in self._wants.values()],
+                "crop": [w[1] for w in self._wants.values()],
+            },
+            schema=WANTS_SCHEMA,
+        )
 
 
 def image_wants(image_ids: list[str]) -> pa.Table:

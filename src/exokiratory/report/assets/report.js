@@ -3,7 +3,8 @@
 (function () {
   "use strict";
   var thumbs = JSON.parse(document.getElementById("exo-thumbs").textContent);
-  var maps = JSON.parse(document.getElementById("exo-maps").textContent);
+  var mapsBlock = document.getElementById("exo-maps");  // absent without a maps section
+  var maps = mapsBlock ? JSON.parse(mapsBlock.textContent) : [];
   var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
     "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",
     "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"];
@@ -11,7 +12,7 @@
 
   function src(id) {
     var b = thumbs[id];
-    return b ? "data:image/jpeg;base64," + b : null;
+    return b ? (b.startsWith("iVBOR") ? "data:image/png;base64," : "data:image/jpeg;base64,") + b : null;
   }
 
   // gallery thumbnails

@@ -1,8 +1,10 @@
 """What the workspace holds: every catalog view, its columns, and a generic summary of each.
 
-The report discovers tables instead of listing them, so a table added by a new pass gets a
-section (row count and one line per column) without any change here. Every summary is one
-aggregate query per table (DuckDB reads only the columns it needs), so it scales with the data.
+Used by the report and by the report sections of the pass families (:mod:`exokiratory.engine.
+sections`): they discover tables by their columns instead of listing them, so a table added by a
+new pass gets a summary (row count and one line per column) without any change here. Every
+summary is one aggregate query per table (DuckDB reads only the columns it needs), so it scales
+with the data.
 """
 
 from __future__ import annotations
