@@ -138,7 +138,12 @@ def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
 
 def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
     on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.units_key)
-    wanted_units = p.units(cat).select(list(p.units_key))
+    try:
+        wanted_units = p.units(cat).select(list(p.units_key))
+    except (ValueError, RuntimeError) as exc:  # e.g. an edited caption prompt: say so, go on
+        return PassStatus(
+            p.name, p.full_version, 0, 0, 0, _last_run(cat, p.name), [("-", str(exc))]
+        )
     cat.con.register("_wanted_units", wanted_units)
     try:
         counts = cat.rows(

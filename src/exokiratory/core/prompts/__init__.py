@@ -6,6 +6,7 @@ from __future__ import annotations
 from exokiratory.core.prompts.registry import (
     DEFAULT_SET,
     REGISTRY_FILE,
+    CaptionPrompt,
     PromptClass,
     PromptGroup,
     PromptRegistry,
@@ -21,6 +22,7 @@ from exokiratory.core.prompts.registry import (
 __all__ = [
     "DEFAULT_SET",
     "REGISTRY_FILE",
+    "CaptionPrompt",
     "PromptClass",
     "PromptGroup",
     "PromptRegistry",

@@ -139,17 +139,62 @@ class PromptSet(_Strict):
         return next((g for g in self.groups if g.id == group_id), None)
 
 
+CaptionTask = Literal["caption", "dense", "segment"]
+
+
+class CaptionPrompt(_Strict):
+    """A caption prompt (PASS 5): ``task`` says what it is for (``caption``: short factual
+    image captions, ``dense``: detailed descriptions, ``segment``: a segment's masked crop).
+    Its text may not change while its version stays the same (see
+    :mod:`exokiratory.core.prompts.versions`)."""
+
+    id: Id
+    version: Version
+    task: CaptionTask
+    description: str = ""
+    text: Annotated[str, Field(min_length=1, max_length=2000)]
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("a prompt text must not be blank")
+        return v
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the prompt text (what a version is recorded with)."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
 class PromptRegistry(_Strict):
     """The whole registry file."""
 
     registry_version: Literal[1] = 1
     prompt_sets: list[PromptSet] = Field(min_length=1)
+    caption_prompts: list[CaptionPrompt] = Field(default_factory=list)
 
     @field_validator("prompt_sets")
     @classmethod
     def _unique_sets(cls, v: list[PromptSet]) -> list[PromptSet]:
         _unique([s.id for s in v], "prompt set")
         return v
+
+    @field_validator("caption_prompts")
+    @classmethod
+    def _unique_prompts(cls, v: list[CaptionPrompt]) -> list[CaptionPrompt]:
+        _unique([p.id for p in v], "caption prompt")
+        return v
+
+    def caption_prompt(self, prompt_id: str, where: str = REGISTRY_FILE) -> CaptionPrompt:
+        """The caption prompt ``prompt_id``; a clear error naming the known ones otherwise."""
+        for p in self.caption_prompts:
+            if p.id == prompt_id:
+                return p
+        known = ", ".join(p.id for p in self.caption_prompts) or "none"
+        raise PromptRegistryError(
+            f"{where}: caption_prompts: no prompt {prompt_id!r}; known: {known}"
+        )
 
     def get(self, set_id: str) -> PromptSet:
         """The prompt set named ``set_id``; a clear error naming the known ones otherwise."""

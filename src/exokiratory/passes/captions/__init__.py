@@ -1,0 +1,1 @@
+"""PASS 5: selective captioning (selection, captioners, caption embeddings)."""
