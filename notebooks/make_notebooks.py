@@ -211,6 +211,101 @@ NOTEBOOKS = {
             ),
         ],
     ),
+    "05_captions": notebook(
+        "exokiratory 05: selective captions (PASS 5)",
+        "Captions only where the structure says it is worth it: cluster exemplars and a spread "
+        "of members, motif outliers, rare motifs and high-entropy segments, most informative "
+        "first, up to a budget (raise it later: nothing is captioned twice). A GPU helps. "
+        "`lite` is Florence-2 (MIT, fast), `full` the seed's BLIP-2; `tiny` is random-weight "
+        "gibberish for plumbing. Runs after notebooks 02 and 03 (clusters, motifs).",
+        'MODEL = "lite"  # captioner: lite (Florence-2), full (BLIP-2), tiny (random weights)\n'
+        "BUDGET = 2000   # units to caption, most informative first\n"
+        "LIMIT = None    # units per run (None: the whole budget)",
+        [
+            (
+                "Select, caption and embed the captions (writes `captions/selection/`, "
+                "`captions/factual/`, `captions/embeddings/`).",
+                "from exokiratory.api.colab import configure\n"
+                "from exokiratory.engine.registry import pass_names\n"
+                "from exokiratory.passes.captions.summary import summary_lines\n\n"
+                'if "caption-factual" not in pass_names():\n'
+                '    print("this version of exokiratory has no caption passes")\n'
+                "else:\n"
+                '    ws = configure(ws, "caption-select", max_units=BUDGET)\n'
+                '    ws = configure(ws, "caption-factual", model=MODEL)\n'
+                '    ws = configure(ws, "caption-embed")  # the CLIP model of embed-clip\n'
+                '    for r in ws.run(["caption"], limit=LIMIT):\n'
+                "        print(r.summary())\n"
+                '    print("\\n".join(summary_lines(ws.status().captions)))\n'
+                '    print(ws.df("SELECT unit_kind, text, clip_score, model_id FROM captions '
+                'ORDER BY clip_score NULLS LAST LIMIT 10"))',
+            ),
+        ],
+    ),
+    "06_secondary_semantics": notebook(
+        "exokiratory 06: OCR, depth and detection where the flags say (PASS 6)",
+        "Secondary semantics, each only where it helps: OCR on the text images (scans, "
+        "documents, screenshots: rapidocr's models ship in its wheel, CPU), relative depth on "
+        "the photographs (Depth Anything V2 Small), open-vocabulary detection on the dense "
+        "scenes (OWLv2, queries from `prompts/prompt_registry.yaml`). A GPU helps the last "
+        "two. Runs after notebook 01 (the flags route every pass). Each pass writes its own "
+        "folder under `semantics/` and its own view.",
+        'MODEL = "lite"   # depth and detection: lite (Depth Anything V2 Small, OWLv2 base), '
+        "tiny (random weights)\n"
+        "LIMIT = None     # images per pass (None: all routed)\n"
+        'SEARCH = "total" # words to look for in the OCR text',
+        [
+            (
+                "OCR of the routed text images (writes `semantics/ocr/`), then the flags again: "
+                "OCR confirms or refutes `is_text_heavy` (`is_text_confirmed`, "
+                "`is_text_refuted`).",
+                "from exokiratory.engine.registry import pass_names\n\n"
+                'if "ocr" not in pass_names():\n'
+                '    print("this version of exokiratory has no ocr pass")\n'
+                "else:\n"
+                '    for r in ws.run(["ocr", "flags"], limit=LIMIT):\n'
+                "        print(r.summary())\n"
+                '    print(ws.df("SELECT i.first_path, o.n_chars, o.mean_confidence, '
+                "left(o.text, 60) AS text FROM ocr o JOIN images i USING (image_id) "
+                'WHERE o.error IS NULL ORDER BY o.n_chars DESC LIMIT 10"))',
+            ),
+            (
+                "Full-text search over the OCR text (`exokiratory search --ocr ...`).",
+                'if "ocr" in pass_names():\n'
+                "    from exokiratory.passes.ocr.search import search_ocr\n\n"
+                "    with ws.catalog() as cat:\n"
+                "        print(search_ocr(cat, SEARCH, k=5).to_pandas())",
+            ),
+            (
+                "Relative depth of the routed photographs (writes `semantics/depth/`): summary "
+                "statistics and a 64 px depth map per image.",
+                "from exokiratory.api.colab import configure\n\n"
+                'if "depth" in pass_names():\n'
+                '    ws = configure(ws, "depth", model=MODEL)\n'
+                '    for r in ws.run(["depth"], limit=LIMIT):\n'
+                "        print(r.summary())\n"
+                '    print(ws.df("SELECT image_id, depth_p50, near_fraction, far_fraction, '
+                'planarity_score, depth_layering_score, model_id FROM depth LIMIT 10"))',
+            ),
+            (
+                "Open-vocabulary detection on the routed dense scenes (writes "
+                "`semantics/detect/`) and counts per query.",
+                'if "detect" in pass_names():\n'
+                '    ws = configure(ws, "detect", model=MODEL)\n'
+                '    for r in ws.run(["detect"], limit=LIMIT):\n'
+                "        print(r.summary())\n"
+                '    print(ws.df("SELECT label, sum(count) AS n, count(*) AS images '
+                'FROM detect_counts GROUP BY label ORDER BY n DESC"))',
+            ),
+            (
+                "Routed / done / failed per pass.",
+                "for p in ws.status().passes:\n"
+                '    if p.name in ("ocr", "depth", "detect"):\n'
+                '        print(f"{p.name} ({p.version}): {p.wanted} routed, {p.done} done, '
+                '{p.failed} failed")',
+            ),
+        ],
+    ),
 }
 
 

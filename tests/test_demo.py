@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from exokiratory import Workspace
+from exokiratory.api.demo import run_demo
 from exokiratory.core.config import ConfigError
-from exokiratory.demo.run import run_demo
 
 
 def test_demo_runs_every_pass_and_resumes(tmp_path: Path) -> None:

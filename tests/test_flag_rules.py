@@ -86,10 +86,10 @@ def test_the_registered_rules_make_the_flags_table_and_its_step() -> None:
     ]
     assert FLAGS_SCHEMA.names[-4:] == ["is_junk", "is_worth_gpu", "flags_version", "flags_params"]
     fields = {f for r in rules for f in r.params.model_fields}
-    assert fields == set(FlagsParams.model_fields) and len(fields) == 29
+    assert fields == set(FlagsParams.model_fields) and len(fields) == 30
     flags = step_class("flags")
     assert set(flags.reads) == {"sense", "probe", "cues"}
-    assert set(flags.optional_reads) == {"embed-clip", "embed-dino", "zeroshot"}
+    assert set(flags.optional_reads) == {"embed-clip", "embed-dino", "zeroshot", "ocr"}
     assert flags.Params is FlagsParams
     names = [r.name for r in rules]
     assert names.index("low_information") < names.index("blurry")  # blurry needs it

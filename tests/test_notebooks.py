@@ -32,6 +32,8 @@ PARAMETERS = {
         "'min_thickness_pixels': 0.0, 'min_area_fraction': 0.001, 'routed_only': False}"
     ),
     "04_report": 'NAME = "notebook"\nSAMPLE = 100',
+    "05_captions": 'MODEL = "tiny"\nBUDGET = 6\nLIMIT = None',
+    "06_secondary_semantics": 'MODEL = "tiny"\nLIMIT = None\nSEARCH = "cat"',
 }
 
 #: notebook -> files it must leave in the workspace
@@ -41,6 +43,8 @@ OUTPUTS = {
     "02_embeddings_index_search": ["embeddings/clip", "indices/clip.faiss"],
     "03_segments": ["segments/masks"],
     "04_report": ["reports/notebook.html"],
+    "05_captions": ["captions/selection/CURRENT.json", "captions/factual/tiny-caption"],
+    "06_secondary_semantics": ["semantics/depth/v1-tiny-depth"],
 }
 
 
@@ -89,6 +93,8 @@ def test_notebooks_run_in_order_and_resume(tmp_path: Path, monkeypatch: pytest.M
             assert "0 new images" in _outputs_text(_run(name, tmp_path))
         if name == "03_segments":
             assert "segment (v1-tiny-sam" in _outputs_text(nb)
+        if name == "05_captions":
+            assert "RANDOM-WEIGHT" in _outputs_text(nb)
 
 
 def test_setup_creates_then_opens_and_names_what_is_missing(

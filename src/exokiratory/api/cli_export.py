@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from exokiratory.api.cli import CliError, WorkspaceOpt, _open, app, out
+from exokiratory.api.cli_base import CliError, WorkspaceOpt, _open, app, out
 
 
 def _split(values: list[str] | None) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from exokiratory.api.workspace import Workspace
 from exokiratory.core.config import ConfigError
 from exokiratory.core.layout import CONFIG_FILE, DATA_IMAGES
+from exokiratory.passes.captions.summary import summary_lines as caption_lines
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +17,11 @@ DEMO_MARKER = ".exokiratory-demo"
 
 
 TINY_NOTE = (
-    "embeddings, segments and zero-shot scores in this demo come from the 'tiny' profile: "
-    "RANDOM-WEIGHT models of the real CLIP / DINOv2 / SAM architectures (no download). They "
-    "exercise the plumbing and mean nothing (no semantic flags are drawn from them); set "
+    "embeddings, segments, zero-shot scores, captions, depth maps and detections in this demo "
+    "come from the 'tiny' profile: RANDOM-WEIGHT models of the real CLIP / DINOv2 / SAM / "
+    "BLIP-2 / LLaVA / Depth Anything / OWLv2 architectures (no download; OCR uses its real "
+    "shipped models). They exercise the plumbing and mean nothing (no semantic "
+    "flags are drawn from them, the captions are gibberish); set "
     "passes.<pass>.model to 'lite' or 'full' for real ones."
 )
 
@@ -38,6 +41,16 @@ DEMO_MODEL_PASSES: dict[str, dict[str, object]] = {
     },
     "segment-embed-clip": {"model": "tiny"},
     "segment-embed-dino": {"model": "tiny"},
+    # PASS 5: a small caption budget; tiny BLIP-2 and LLaVA write random-weight gibberish
+    "caption-select": {"max_units": 24},
+    "caption-factual": {"model": "tiny", "max_new_tokens": 16, "segment_max_new_tokens": 8},
+    "caption-dense": {"model": "tiny", "max_new_tokens": 24},
+    "caption-embed": {"model": "tiny"},
+    # PASS 6: OCR with its real shipped models (pages read at 1000 px); tiny Depth Anything
+    # and OWLv2 (random-weight depth maps and boxes)
+    "ocr": {"max_side": 1000},
+    "depth": {"model": "tiny"},
+    "detect": {"model": "tiny"},
 }
 
 
@@ -47,8 +60,9 @@ def _use_tiny_models(ws: Workspace) -> None:
 
     changed = False
     for name, settings in DEMO_MODEL_PASSES.items():
-        if "model" not in ws.config.passes.get(name, {}):
-            ws.config.passes[name] = {**settings, **ws.config.passes.get(name, {})}
+        mine = ws.config.passes.get(name)
+        if mine is None or ("model" in settings and "model" not in mine):
+            ws.config.passes[name] = {**settings, **(mine or {})}
             changed = True
     if changed:
         ws.storage.write_bytes_atomic(CONFIG_FILE, render_config(ws.config).encode("utf-8"))
@@ -91,6 +105,7 @@ def run_demo(root: str | Path, *, workers: int | None = None, progress: bool | N
             for d in st.derived
             if d.summary
         ),
+        *caption_lines(st.captions),
         report.summary(),
         f"open: {report.local_path or report.url}",
         f'try: exokiratory sql -w {root} "SELECT status, error, count(*) AS n FROM images '

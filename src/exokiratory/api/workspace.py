@@ -195,6 +195,7 @@ class Workspace:
         runner; returns one report per pass. ``all_images``: passes that work on the routed
         images only (model passes) take every readable image this time."""
         names = registry.expand([passes] if isinstance(passes, str) else passes)
+        self.passes(names)  # unknown names first: they are an error whatever the state
         if not self.storage.list_files(IMAGES, ".parquet"):
             raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
         if "all" in names:
@@ -534,6 +535,8 @@ def release_models() -> None:
         "exokiratory.models.vision",
         "exokiratory.models.sam",
         "exokiratory.models.captioner",
+        "exokiratory.models.depth",
+        "exokiratory.models.detect",
     ):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "clear_cache"):

@@ -8,6 +8,14 @@ Roles:
 * ``"clip"``: a CLIP model; its image embeddings live in the CLIP space shared with text.
 * ``"dino"``: a DINOv2 backbone; its image embeddings (CLS token) live in the DINO space.
 * ``"sam"``: a Segment Anything model (SAM ViT-H/L/B or SAM 2 Hiera) for promptable masks.
+* ``"depth"``: a monocular relative-depth model (Depth Anything V2, ``depth_anything`` in
+  transformers). Only the Small checkpoint is Apache-2.0; Base and Large are CC-BY-NC-4.0
+  (non-commercial): the ``base`` / ``large`` profiles say so in :data:`LICENSES`.
+* ``"detect"``: an open-vocabulary detector (OWLv2, ``owlv2`` in transformers; Apache-2.0).
+* ``"caption"``: an image-to-text model for short factual captions (PASS 5; BLIP-2 by default,
+  Florence-2 in ``lite``).
+* ``"vlm"``: a vision-language chat model for dense captions (PASS 5; LLaVA-1.5 by default,
+  SmolVLM in ``lite``). Captioner licences are in :data:`LICENSES` too.
 
 Names accepted by :func:`resolve`:
 
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-ROLES: Final[tuple[str, ...]] = ("clip", "dino", "sam")
+ROLES: Final[tuple[str, ...]] = ("clip", "dino", "sam", "depth", "detect", "caption", "vlm")
 """Roles a model can fill."""
 
 PROFILES: Final[dict[str, dict[str, str]]] = {
@@ -37,11 +45,19 @@ PROFILES: Final[dict[str, dict[str, str]]] = {
         "clip": "openai/clip-vit-large-patch14",
         "dino": "facebook/dinov2-large",
         "sam": "facebook/sam-vit-huge",
+        "depth": "depth-anything/Depth-Anything-V2-Small-hf",
+        "detect": "google/owlv2-base-patch16-ensemble",
+        "caption": "Salesforce/blip2-opt-2.7b",
+        "vlm": "llava-hf/llava-1.5-7b-hf",
     },
     "lite": {
         "clip": "openai/clip-vit-base-patch32",
         "dino": "facebook/dinov2-small",
         "sam": "facebook/sam-vit-base",
+        "depth": "depth-anything/Depth-Anything-V2-Small-hf",
+        "detect": "google/owlv2-base-patch16-ensemble",
+        "caption": "florence-community/Florence-2-base",
+        "vlm": "HuggingFaceTB/SmolVLM-500M-Instruct",
     },
 }
 """Named sets of real hub checkpoints, one per role."""
@@ -56,8 +72,65 @@ ROLE_PROFILES: Final[dict[str, dict[str, str]]] = {
         "sam2-small": "facebook/sam2.1-hiera-small",
         "sam2-tiny": "facebook/sam2.1-hiera-tiny",
     },
+    "depth": {
+        "small": "depth-anything/Depth-Anything-V2-Small-hf",
+        "base": "depth-anything/Depth-Anything-V2-Base-hf",
+        "large": "depth-anything/Depth-Anything-V2-Large-hf",
+    },
+    "detect": {
+        "owlv2-base": "google/owlv2-base-patch16-ensemble",
+        "owlv2-large": "google/owlv2-large-patch14-ensemble",
+    },
+    "caption": {
+        "blip2": "Salesforce/blip2-opt-2.7b",
+        "blip2-flan": "Salesforce/blip2-flan-t5-xl",
+        "florence2": "florence-community/Florence-2-base",
+        "florence2-large": "florence-community/Florence-2-large",
+        "smolvlm": "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "tiny-blip2": "tiny:blip2",
+        "tiny-florence2": "tiny:florence2",
+    },
+    "vlm": {
+        "llava": "llava-hf/llava-1.5-7b-hf",
+        "llava-13b": "llava-hf/llava-1.5-13b-hf",
+        "llava-onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        "llava-onevision-small": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "qwen2.5-vl-small": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "qwen3-vl": "Qwen/Qwen3-VL-8B-Instruct",
+        "smolvlm": "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "smolvlm2": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+        "tiny-llava": "tiny:llava",
+        "tiny-florence2": "tiny:florence2",
+    },
 }
 """Extra profile names that only make sense for one role."""
+
+LICENSES: Final[dict[str, str]] = {
+    "depth-anything/Depth-Anything-V2-Small-hf": "Apache-2.0",
+    "depth-anything/Depth-Anything-V2-Base-hf": "CC-BY-NC-4.0 (non-commercial use only)",
+    "depth-anything/Depth-Anything-V2-Large-hf": "CC-BY-NC-4.0 (non-commercial use only)",
+    "google/owlv2-base-patch16-ensemble": "Apache-2.0",
+    "google/owlv2-large-patch14-ensemble": "Apache-2.0",
+    # captioners and VLMs (PASS 5), as their model cards state them
+    "Salesforce/blip2-opt-2.7b": "MIT (model card); its OPT-2.7B decoder comes from Meta's OPT "
+    "release (OPT licence: research, non-commercial)",
+    "Salesforce/blip2-flan-t5-xl": "MIT (model card); Flan-T5 is Apache-2.0",
+    "llava-hf/llava-1.5-7b-hf": "Llama 2 Community Licence (Vicuna-7B v1.5 base)",
+    "llava-hf/llava-1.5-13b-hf": "Llama 2 Community Licence (Vicuna-13B v1.5 base)",
+    "florence-community/Florence-2-base": "MIT",
+    "florence-community/Florence-2-large": "MIT",
+    "HuggingFaceTB/SmolVLM-256M-Instruct": "Apache-2.0",
+    "HuggingFaceTB/SmolVLM-500M-Instruct": "Apache-2.0",
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct": "Apache-2.0",
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": "Apache-2.0",
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": "Apache-2.0",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "Apache-2.0",
+    "Qwen/Qwen2.5-VL-3B-Instruct": "Qwen Research Licence (non-commercial)",
+    "Qwen/Qwen3-VL-8B-Instruct": "Apache-2.0",
+}
+"""Licences of the depth and detection checkpoints the profiles name (read the model card of
+any other checkpoint yourself). Both depth and detection profiles default to Apache-2.0 ones."""
 
 TINY_PROFILE: Final[str] = "tiny"
 """Profile of random-weight models built locally (outputs are plumbing, never meaning)."""
@@ -65,7 +138,8 @@ TINY_PROFILE: Final[str] = "tiny"
 TINY_PREFIX: Final[str] = "tiny:"
 """Prefix of the ``model_id`` of a tiny-profile spec (``"tiny:clip"``, ``"tiny:dino"``)."""
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+#: a hub id names its owner (``org/name``): a bare word is a mistyped profile, not a model
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -145,7 +219,7 @@ def _resolve_hub_id(role: str, name: str) -> ModelSpec:
     """Parse ``org/name[@revision]`` into a spec, or raise ``ValueError``."""
     model_id, sep, revision = name.partition("@")
     if not _HUB_ID.match(model_id) or (sep and not revision):
-        known = ", ".join([*PROFILES, TINY_PROFILE])
+        known = ", ".join(dict.fromkeys([*PROFILES, *ROLE_PROFILES.get(role, {}), TINY_PROFILE]))
         raise ValueError(
             f"model name {name!r} is not a profile ({known}), an existing directory, "
             "or a hub id like 'org/name[@revision]'"
