@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, build_once
-from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
-from exokiratory.models.registry import ModelSpec, model_slug
+from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.device import pick_dtype, run_with_oom_backoff
+from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
 
 IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
@@ -151,11 +151,14 @@ def load_depth_estimator(
     """Load (or reuse) the depth estimator for ``spec`` on ``device``."""
     if spec.role != "depth":
         raise ValueError(f"load_depth_estimator needs a 'depth' model spec, got {spec.role!r}")
-    resolved = pick_device(device)
-    source = _source(spec, Path(cache_dir))
-    key = (spec, resolved, source)
-    return _CACHE.get_or_load(
-        key, lambda: _load(spec, source, Path(cache_dir), resolved), use_cache
+    return load_through_cache(
+        _CACHE,
+        spec,
+        cache_dir,
+        device,
+        lambda source, folder, dev: _load(spec, source, folder, dev),
+        build_tiny=build_tiny_depth,
+        use_cache=use_cache,
     )
 
 
@@ -178,13 +181,6 @@ def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> DepthEs
     model = model.eval().to(device=device, dtype=dtype)
     geometry = DepthInput.from_config(_processor_config(source, common))
     return DepthEstimator(spec, model, geometry, device, dtype)
-
-
-def _source(spec: ModelSpec, cache_dir: Path) -> str:
-    """Where ``from_pretrained`` loads ``spec`` from, building the tiny model if needed."""
-    if not spec.is_tiny:
-        return spec.model_id
-    return build_once(cache_dir / model_slug(spec.model_id), build_tiny_depth)
 
 
 # -- configurations: tiny (tests) and real size (FLOP counts without weights) -------------------

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, build_once
-from exokiratory.models.device import pick_device, pick_dtype, run_with_oom_backoff
-from exokiratory.models.registry import ModelSpec, model_slug
+from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.device import pick_dtype, run_with_oom_backoff
+from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
 
 CLIP_MEAN: Final[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
@@ -154,11 +154,14 @@ def load_detector(
     """Load (or reuse) the detector for ``spec`` on ``device``."""
     if spec.role != "detect":
         raise ValueError(f"load_detector needs a 'detect' model spec, got {spec.role!r}")
-    resolved = pick_device(device)
-    source = _source(spec, Path(cache_dir))
-    key = (spec, resolved, source)
-    return _CACHE.get_or_load(
-        key, lambda: _load(spec, source, Path(cache_dir), resolved), use_cache
+    return load_through_cache(
+        _CACHE,
+        spec,
+        cache_dir,
+        device,
+        lambda source, folder, dev: _load(spec, source, folder, dev),
+        build_tiny=build_tiny_owlv2,
+        use_cache=use_cache,
     )
 
 
@@ -180,13 +183,6 @@ def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> Detecto
     tokenizer = CLIPTokenizer.from_pretrained(source, **common)
     geometry = DetectInput.from_config(_processor_config(source, common))
     return Detector(spec, model, tokenizer, geometry, device, dtype)
-
-
-def _source(spec: ModelSpec, cache_dir: Path) -> str:
-    """Where ``from_pretrained`` loads ``spec`` from, building the tiny model if needed."""
-    if not spec.is_tiny:
-        return spec.model_id
-    return build_once(cache_dir / model_slug(spec.model_id), build_tiny_owlv2)
 
 
 # -- configurations: tiny (tests) and real size (FLOP counts without weights) -------------------
