@@ -93,7 +93,9 @@ def flops(model: torch.nn.Module, **inputs: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def run_pass(root: Path, src: Path, name: str, folder: Path) -> tuple[Clock, int]:
+def run_pass(root: Path, src: Path, name: str, folder: Path) -> tuple[Clock, Clock, int]:
+    """The pass end to end, then again with nothing left to do (its fixed cost per run:
+    catalog, planning, releasing the models)."""
     ws = Workspace.init(root, [str(src)], run=RunConfig(workers=1))
     ws.config.passes[name] = {"model": str(folder), "device": "cpu"}
     ws.scan(progress=False)
@@ -101,7 +103,9 @@ def run_pass(root: Path, src: Path, name: str, folder: Path) -> tuple[Clock, int
         (rep,) = ws.run([name], progress=False, workers=1, all_images=True)
     if not isinstance(rep, RunReport) or rep.unit_errors or not rep.processed:
         raise RuntimeError(rep.summary())
-    return clock, rep.processed
+    with Clock() as idle:
+        ws.run([name], progress=False, workers=1, all_images=True)
+    return clock, idle, rep.processed
 
 
 def bench_depth(src: Path, tmp: Path, paths: list[Path]) -> None:
@@ -117,11 +121,20 @@ def bench_depth(src: Path, tmp: Path, paths: list[Path]) -> None:
         return c
 
     b1 = bare()
-    clock, n = run_pass(tmp / "ws-depth", src, "depth", folder)
+    clock, idle, n = run_pass(tmp / "ws-depth", src, "depth", folder)
     b2 = bare()
     x = torch.from_numpy(est.pixels(np.zeros((750, 1000, 3), np.uint8))[None])
     f = flops(est.model, pixel_values=x)
-    report("depth (Depth Anything V2 Small dims, random)", b1, b2, clock, n, f, tuple(x.shape[2:]))
+    report(
+        "depth (Depth Anything V2 Small dims, random)",
+        b1,
+        b2,
+        clock,
+        idle,
+        n,
+        f,
+        tuple(x.shape[2:]),
+    )
 
 
 def bench_detect(src: Path, tmp: Path, paths: list[Path]) -> None:
@@ -139,15 +152,22 @@ def bench_detect(src: Path, tmp: Path, paths: list[Path]) -> None:
         return c
 
     b1 = bare()
-    clock, n = run_pass(tmp / "ws-detect", src, "detect", folder)
+    clock, idle, n = run_pass(tmp / "ws-detect", src, "detect", folder)
     b2 = bare()
     x = torch.from_numpy(inputs[:1])
     f = flops(det.model, pixel_values=x, **tokens)
-    report("detect (OWLv2 base/16 dims, random, 10 queries)", b1, b2, clock, n, f, (960, 960))
+    report("detect (OWLv2 base/16 dims, random, 10 queries)", b1, b2, clock, idle, n, f, (960, 960))
 
 
 def report(
-    what: str, b1: Clock, b2: Clock, run: Clock, n: int, f: float, hw: tuple[int, ...]
+    what: str,
+    b1: Clock,
+    b2: Clock,
+    run: Clock,
+    idle: Clock,
+    n: int,
+    f: float,
+    hw: tuple[int, ...],
 ) -> None:
     wall, cpu = (b1.wall + b2.wall) / 2, (b1.cpu + b2.cpu) / 2
     print(f"{what}: {n} images")
@@ -158,6 +178,11 @@ def report(
     print(
         f"  the pass end to end: wall {run.wall:.1f} s = {run.wall / wall:.3f}x, "
         f"CPU {run.cpu:.1f} s = {run.cpu / cpu:.3f}x"
+    )
+    per = (run.cpu - idle.cpu) / n
+    print(
+        f"  fixed cost of a run (nothing to do): CPU {idle.cpu:.2f} s; per image: pass "
+        f"{per:.3f} s vs bare {cpu / n:.3f} s = {per / (cpu / n):.3f}x"
     )
     print(f"  FLOPs per image at {hw[0]}x{hw[1]}: {f / 1e9:.1f} GFLOP")
 

@@ -122,6 +122,16 @@ def load_prompt_set(workspace_url: str | None, set_id: str) -> PromptSet:
     return _parsed(default_registry_text(), "packaged default").get(set_id)
 
 
+def _registry_digest(workspace_url: str | None) -> str:
+    import hashlib
+
+    from exokiratory.core.prompts import registry_text
+    from exokiratory.core.storage import Storage
+
+    text = registry_text(Storage(workspace_url)) if workspace_url else ""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 @functools.lru_cache(maxsize=8)
 def _parsed(text: str, where: str) -> PromptRegistry:
     from exokiratory.core.prompts.registry import REGISTRY_FILE, parse_registry
@@ -168,8 +178,17 @@ class DetectPass(Pass[DetectParams]):
 
     @property
     def full_version(self) -> str:
+        """``<version>-<model>[-<params digest>]-<set id><set version>+<digest>``; with an
+        invalid registry, ``...-<set id>-invalid<digest of its text>`` (``status`` still works;
+        the pass itself then fails with the validation error)."""
+        from exokiratory.core.prompts import PromptRegistryError
+
         base = model_version(self.version, self.spec, _rows_params(self.params))
-        return f"{base}-{self.prompt_set.id}{self.prompt_set.full_version}"
+        try:
+            pset = self.prompt_set
+        except PromptRegistryError:
+            return f"{base}-{self.params.prompt_set}-invalid{_registry_digest(self.workspace_url)}"
+        return f"{base}-{pset.id}{pset.full_version}"
 
     def output_schema(self) -> pa.Schema:
         return DETECT_SCHEMA
@@ -203,9 +222,14 @@ class DetectPass(Pass[DetectParams]):
         return det
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
+        from exokiratory.core.prompts import PromptRegistryError
+
         p = self.params
+        try:
+            queries = queries_of(self.prompt_set)
+        except PromptRegistryError as exc:
+            raise PassSetupError(f"detect: {exc}") from exc
         det = self._detector(ctx)
-        queries = queries_of(self.prompt_set)
         tokens = det.tokens(queries.texts)
         rows = units.to_pylist()
         out: list[dict[str, Any]] = [{} for _ in rows]
