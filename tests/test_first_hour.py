@@ -238,7 +238,8 @@ def test_global_options_anywhere_and_workspace_from_the_current_folder(
 ) -> None:
     from typer.testing import CliRunner
 
-    from exokiratory.api.cli import app, find_workspace, hoist_global_options
+    from exokiratory.api.cli import app
+    from exokiratory.api.cli_base import find_workspace, hoist_global_options
 
     assert hoist_global_options(["scan", "-w", "W", "-q"]) == ["-w", "W", "-q", "scan"]
     assert hoist_global_options(["-w", "W", "scan"]) == ["-w", "W", "scan"]

@@ -195,8 +195,10 @@ class Workspace:
         runner; returns one report per pass. ``all_images``: passes that work on the routed
         images only (model passes) take every readable image this time."""
         names = registry.expand([passes] if isinstance(passes, str) else passes)
-        self.passes(names)  # unknown names first: they are an error whatever the state
-        if not self.storage.list_files(IMAGES, ".parquet"):
+        wanted = self.passes(names)  # unknown names first: an error whatever the state
+        if any(isinstance(s, Pass) for s in wanted) and not self.storage.list_files(
+            IMAGES, ".parquet"
+        ):
             raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
         if "all" in names:
             for name, why in self.skipped_in_all().items():

@@ -88,11 +88,11 @@ def _read_only_connection(storage: Storage) -> duckdb.DuckDBPyConnection:
     """A database of its own that reads only the workspace's files: no other file, no
     extension install, settings locked (the views are defined on it afterwards)."""
     con = duckdb.connect()
-    if not storage.is_local:
+    if storage.is_local:
+        con.execute("SET allowed_directories = ?", [[storage.path("").rstrip("/") + "/"]])
+        con.execute("SET enable_external_access = false")
+    else:  # DuckDB's file allow-list does not cover fsspec file systems: statements only
         con.register_filesystem(storage.fs)
-    root = storage.path("") if storage.is_local else storage.fs.unstrip_protocol(storage.path(""))
-    con.execute("SET allowed_directories = ?", [[root.rstrip("/") + "/"]])
-    con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET lock_configuration = true")
     return con

@@ -112,9 +112,16 @@ def load_prompt_set(workspace_url: str | None, set_id: str) -> PromptSet:
     from exokiratory.core.storage import Storage
 
     if workspace_url is not None:
-        storage = Storage(workspace_url)
         try:
-            return _parsed(registry_text(storage), storage.url).get(set_id)
+            storage = Storage(workspace_url)
+            text = registry_text(storage)
+        except PromptRegistryError:
+            raise
+        except Exception as exc:  # a remote workspace this step cannot open without options
+            log.debug("detect: cannot read the workspace's prompt registry (%s)", exc)
+            return _parsed(default_registry_text(), "packaged default").get(set_id)
+        try:
+            return _parsed(text, storage.url).get(set_id)
         except PromptRegistryError as exc:
             if "no prompt set" not in str(exc):
                 raise

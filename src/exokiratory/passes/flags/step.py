@@ -55,6 +55,8 @@ class FlagsDerivation(Derivation[PassParams]):
         return {"images_routed": IMAGES_ROUTED_SQL}
 
     def derive(self, catalog: Catalog) -> pa.Table:
+        if not catalog.scalar("SELECT count(*) FROM images"):
+            raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
         if "features" not in catalog.views:
             raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
         rules = flag_rules()
