@@ -169,7 +169,9 @@ def test_killed_runs_keep_their_batch_records(tmp_path: Path) -> None:
 
     src = tmp_path / "src"
     make_synthetic_collection(src, 400, seed=6)
-    ws = Workspace.init(tmp_path / "ws", [str(src)], run=RunConfig(batch_size=10))
+    # compact_min_parts=0: the parts stay as written, so they can be compared with the log
+    run = RunConfig(batch_size=10, compact_min_parts=0)
+    ws = Workspace.init(tmp_path / "ws", [str(src)], run=run)
     ws.scan(progress=False)
     parts = Path(ws.storage.root) / "features" / "global" / "v1"
     cmd = [sys.executable, "-m", "exokiratory", "-q", "run", "sense", "--workers", "1"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exokiratory.core.catalog import Catalog
+from exokiratory.engine.planner import unit_counts
 from exokiratory.engine.step import Derivation, Pass, Step
 
 
@@ -89,7 +90,12 @@ def workspace_status(
         or 0
     )
     last_scan = _last_run(cat, "scan")
-    out = [_pass_status(cat, p, n_errors) for p in passes if isinstance(p, Pass)]
+    shared: dict[str, str] = {}  # passes that want the same units count them once
+    try:
+        out = [_pass_status(cat, p, n_errors, shared) for p in passes if isinstance(p, Pass)]
+    finally:
+        for table in shared.values():
+            cat.rows(f"DROP TABLE IF EXISTS {table}")
     derived = [_derived_status(cat, d) for d in passes if isinstance(d, Derivation)]
     return WorkspaceStatus(
         cat.storage.url,
@@ -136,24 +142,13 @@ def cluster_agreement(cat: Catalog) -> list[dict[str, Any]]:
     ]
 
 
-def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
-    on = " AND ".join(f'w."{k}" = d."{k}"' for k in p.units_key)
+def _pass_status(cat: Catalog, p: Pass, n_errors: int, shared: dict[str, str]) -> PassStatus:
     try:
-        wanted_units = p.units(cat).select(list(p.units_key))
+        wanted, done, failed = unit_counts(cat, p, shared=shared)
     except (ValueError, RuntimeError) as exc:  # e.g. an edited caption prompt: say so, go on
         return PassStatus(
             p.name, p.full_version, 0, 0, 0, _last_run(cat, p.name), [("-", str(exc))]
         )
-    cat.con.register("_wanted_units", wanted_units)
-    try:
-        counts = cat.rows(
-            f"""SELECT count(*) FILTER (WHERE d.error IS NULL),
-                       count(*) FILTER (WHERE d.error IS NOT NULL)
-                FROM _wanted_units w JOIN "{p.done_view}" d ON {on}"""
-        )
-    finally:
-        cat.con.unregister("_wanted_units")
-    done, failed = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
     errs = _newest_errors(cat, p, n_errors)
     failed_batches = int(
         cat.scalar("SELECT count(*) FROM jobs WHERE pass_name = ? AND status = 'failed'", [p.name])
@@ -163,7 +158,7 @@ def _pass_status(cat: Catalog, p: Pass, n_errors: int) -> PassStatus:
         last_failure=_last_failure(cat, p.name),
         name=p.name,
         version=p.full_version,
-        wanted=wanted_units.num_rows,
+        wanted=wanted,
         done=done,
         failed=failed,
         last_run=_last_run(cat, p.name),

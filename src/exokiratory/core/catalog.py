@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
-from exokiratory.core.dataset import fetch_arrow, keep_one_sql
+from exokiratory.core.dataset import ORIGIN, fetch_arrow, is_compacted, keep_one_sql
 from exokiratory.core.jobs import JOBS_SCHEMA
 from exokiratory.core.layout import IMAGES, JOBS, PATHS
 from exokiratory.core.manifest import (
@@ -117,6 +117,7 @@ class Catalog:
             self.con = duckdb.connect()
             self.con.register_filesystem(storage.fs)
         self.views: list[str] = []
+        self._recorded: list[tuple[str, pa.Table]] | None = None
         self._define_manifest_views()
         self._define_jobs_view()
         define_sample_views(self)  # named samples (samples/<name>/), when any exist
@@ -190,7 +191,15 @@ class Catalog:
         files = self._files(rel)
         if not files:
             return ""
-        return f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+        src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+        if not any(is_compacted(f) for f in files):
+            return src
+        # a compacted part's rows keep the name of the part they were written in
+        # (core.compact): ``filename`` is that name, so every reader's rule is unchanged
+        return (
+            f"(SELECT * EXCLUDE ({ORIGIN}, filename), "
+            f"coalesce({ORIGIN}, parse_filename(filename)) AS filename FROM {src})"
+        )
 
     def define_table_view(self, name: str, rel: str, schema: pa.Schema) -> None:
         """Every row of the parts under ``rel`` (a derived output folder); empty with
@@ -203,10 +212,36 @@ class Catalog:
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
         if self.read_only:
             check_read_only(sql)
+        if self._recorded is not None and not params:  # see units_query
+            empty = fetch_arrow(self.con.sql(f"SELECT * FROM ({sql}) AS _q LIMIT 0"))
+            self._recorded.append((sql, empty))
+            return empty
         rel = self.con.sql(sql, params=list(params) if params else None)
         if rel is None:  # a statement without a result (CREATE, SET...)
             return pa.table({})
         return fetch_arrow(rel)
+
+    def units_query(self, units: Callable[[Catalog], pa.Table]) -> tuple[str, pa.Table] | None:
+        """The SQL behind ``units(self)`` when it returns one query's result unchanged (the
+        usual case: a pass's ``units`` is a query over the views), else None. Counting and
+        anti-joins can then run inside DuckDB without materialising every unit: at 10^6 images
+        that is the difference between reading keys and copying every unit row to Arrow.
+        Returns the SQL and an empty table of the units' schema."""
+        self._recorded = []
+        try:
+            result = units(self)
+            recorded = self._recorded
+        except Exception:
+            return None
+        finally:
+            self._recorded = None
+        if len(recorded) != 1 or recorded[0][1] is not result:
+            return None
+        try:  # still valid after units() returned (not over a table it registered for itself)
+            self.con.sql(f"SELECT * FROM ({recorded[0][0]}) AS _q LIMIT 0")
+        except duckdb.Error:
+            return None
+        return recorded[0]
 
     def rows(self, sql: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
         """Run a query and return its rows as tuples (the result is fully consumed)."""

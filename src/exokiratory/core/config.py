@@ -52,6 +52,12 @@ class RunConfig(_Strict):
     workers: int | None = Field(None, gt=0, description="processes; default: all cores")
     batch_size: int = Field(256, gt=0, description="units per part file")
     ray_address: str | None = Field(None, description="Ray cluster address; default: local Ray")
+    compact_min_parts: int = Field(
+        32,
+        ge=0,
+        description="compact a dataset after a run once it has this many small parts (0: never)",
+    )
+    compact_target_mb: int = Field(128, gt=0, description="size of a compacted part (MB)")
 
 
 class WorkspaceConfig(_Strict):
@@ -153,6 +159,8 @@ run:
   workers: {workers}         # processes for CPU passes; null = all cores
   batch_size: {run.batch_size}       # units per part file
   ray_address: {ray}     # null = start a local Ray instance
+  compact_min_parts: {run.compact_min_parts}   # compact a dataset after a run at this many small parts (0 = never)
+  compact_target_mb: {run.compact_target_mb}  # size of a compacted part file
 
 # Per-pass parameters, by pass name, e.g.
 # passes:

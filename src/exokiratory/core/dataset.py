@@ -50,6 +50,14 @@ def current_folder(storage: Storage, dataset: str) -> str | None:
 
 
 PART_SUFFIX = ".parquet"
+#: prefix of a compacted part's file name, and its column naming the part each row came from
+#: (:mod:`exokiratory.core.compact`); readers order such rows by ``_origin``, others by file name
+COMPACT_PREFIX = "compact-"
+ORIGIN = "_origin"
+
+
+def is_compacted(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].startswith(COMPACT_PREFIX)
 
 
 class PartDataset:
@@ -84,13 +92,19 @@ class PartDataset:
         return self.storage.write_parquet_atomic(f"{self.rel}/{name}", table)
 
     def read_raw(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """Every row of every part, with a ``_part`` column naming its part; no de-duplication."""
+        """Every row of every part, with a ``_part`` column naming the part it was written in (a
+        compacted part's rows keep their original part's name); no de-duplication."""
         tables = []
-        for i, part in enumerate(self.parts()):
-            t = self.storage.read_parquet(part, list(columns) if columns else None)
-            name = part.rsplit("/", 1)[-1]
-            t = t.append_column("_part", pa.array([name] * t.num_rows, pa.string()))
-            t = t.append_column("_part_no", pa.array([i] * t.num_rows, pa.int32()))
+        for part in self.parts():
+            compacted = is_compacted(part)
+            cols = [*columns, ORIGIN] if columns and compacted else columns
+            t = self.storage.read_parquet(part, list(cols) if cols else None)
+            if compacted:
+                origin = t.column(ORIGIN)
+                t = t.drop_columns([ORIGIN]).append_column("_part", origin)
+            else:
+                name = part.rsplit("/", 1)[-1]
+                t = t.append_column("_part", pa.array([name] * t.num_rows, pa.string()))
             tables.append(t)
         if not tables:
             return self._empty(columns)
@@ -106,7 +120,7 @@ class PartDataset:
             cols_read = None
         raw = self.read_raw(cols_read)
         if raw.num_rows == 0:
-            out = raw.drop_columns(["_part", "_part_no"]) if "_part" in raw.column_names else raw
+            out = raw.drop_columns(["_part"]) if "_part" in raw.column_names else raw
             return out.select(cols) if cols else out
         out = dedupe(raw, self.key)
         return out.select(cols) if cols else out
@@ -132,11 +146,16 @@ def keep_one_sql(src: str, key: Sequence[str], has_error: bool, part_col: str) -
 
 
 def dedupe(raw: pa.Table, key: Sequence[str]) -> pa.Table:
-    """Keep one row per key from a table carrying ``_part``/``_part_no`` columns."""
+    """Keep one row per key from a table carrying a ``_part`` column (the part name). The rows
+    are chosen on the key columns and taken with Arrow, so every column keeps its type."""
+    has_error = "error" in raw.column_names
+    cols = list(dict.fromkeys([*key, "_part", *(["error"] if has_error else [])]))
+    small = raw.select(cols).append_column("_row", pa.array(range(raw.num_rows), pa.int64()))
     con = duckdb.connect()
     try:
-        con.register("raw_t", raw.drop_columns(["_part"]))
-        sql = keep_one_sql("raw_t", key, "error" in raw.column_names, "_part_no")
-        return _fetch(con.execute(sql))
+        con.register("raw_t", small)
+        sql = keep_one_sql("raw_t", key, has_error, "_part")
+        rows = _fetch(con.execute(f"SELECT _row FROM ({sql}) ORDER BY _row")).column("_row")
     finally:
         con.close()
+    return raw.take(rows).drop_columns(["_part"])

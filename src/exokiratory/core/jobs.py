@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from exokiratory.core.dataset import ORIGIN, is_compacted
 from exokiratory.core.layout import JOBS
 from exokiratory.core.storage import Storage
 
@@ -132,10 +133,17 @@ def recover_jobs(storage: Storage, pass_name: str, pass_version: str, output_rel
     if not parts:
         return 0
     known = _logged_batches(storage, pass_name)
-    missing = [p for p in parts if p.rsplit("/", 1)[-1] not in known]  # batch = part file name
+    rows: list[dict[str, object]] = []
+    missing = []
+    for rel in parts:
+        for batch, n_units, n_errors in _batches_of(storage, rel):
+            if batch not in known:  # batch = the name of the part it was written in
+                missing.append(batch)
+                rows.append(_recovered_row(storage, rel, batch, n_units, n_errors))
     if not missing:
         return 0
-    rows = [_recovered_row(storage, rel, pass_name, pass_version) for rel in missing]
+    for row in rows:
+        row.update(pass_name=pass_name, pass_version=pass_version)
     table = pa.Table.from_pylist(rows, schema=JOBS_SCHEMA)
     digest = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:16]
     storage.write_parquet_atomic(f"{JOBS}/part-recovered-{digest}.parquet", table)
@@ -151,10 +159,27 @@ def _logged_batches(storage: Storage, pass_name: str) -> set[str]:
     return out
 
 
+def _batches_of(storage: Storage, rel: str) -> list[tuple[str, int, int]]:
+    """``(batch, units, errors)`` of a part: itself, or for a compacted part (core.compact) each
+    part its rows came from."""
+    name = rel.rsplit("/", 1)[-1]
+    if not is_compacted(rel):
+        errors = storage.read_parquet(rel, columns=["error"]).column("error")
+        return [(name, len(errors), len(errors) - errors.null_count)]
+    t = storage.read_parquet(rel, columns=[ORIGIN, "error"])
+    out: dict[str, list[int]] = {}
+    for origin, err in zip(
+        t.column(ORIGIN).to_pylist(), t.column("error").to_pylist(), strict=True
+    ):
+        counts = out.setdefault(origin, [0, 0])
+        counts[0] += 1
+        counts[1] += err is not None
+    return [(b, n, e) for b, (n, e) in sorted(out.items())]
+
+
 def _recovered_row(
-    storage: Storage, rel: str, pass_name: str, pass_version: str
+    storage: Storage, rel: str, batch: str, n_units: int, n_errors: int
 ) -> dict[str, object]:
-    errors = storage.read_parquet(rel, columns=["error"]).column("error")
     info = storage.fs.info(storage.path(rel))
     mtime = info.get("mtime") or info.get("created")
     finished = (
@@ -166,13 +191,11 @@ def _recovered_row(
     )
     return {
         "run_id": "recovered",
-        "pass_name": pass_name,
-        "pass_version": pass_version,
-        "batch": rel.rsplit("/", 1)[-1],
+        "batch": batch,
         "status": "ok",
-        "n_units": len(errors),
-        "n_errors": len(errors) - errors.null_count,
-        "bytes_written": int(info.get("size") or 0),
+        "n_units": n_units,
+        "n_errors": n_errors,
+        "bytes_written": int(info.get("size") or 0) if batch == rel.rsplit("/", 1)[-1] else None,
         "started_at": None,
         "finished_at": finished,
         "seconds": None,

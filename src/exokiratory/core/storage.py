@@ -147,9 +147,40 @@ class Storage:
         return True
 
     def remove(self, rel: str) -> None:
+        """Delete a file; one already gone (a racing process removed it) is not an error."""
         full = self.path(rel)
-        if self.fs.exists(full):
-            self.fs.rm(full)
+        try:
+            if self.is_local:
+                os.unlink(full)
+            elif self.fs.exists(full):
+                self.fs.rm(full)
+        except FileNotFoundError:
+            pass
+
+    def file_sizes(self, rel: str, suffix: str = "") -> list[tuple[str, int]]:
+        """``(relative path, bytes)`` of the committed files of a folder, in name order (one
+        listing call on an object store)."""
+        full = self.path(rel)
+        if self.is_local:
+            out = []
+            for name in self.listdir(rel):
+                if name.endswith(suffix) and not name.startswith(TMP_PREFIX):
+                    try:
+                        out.append((f"{rel}/{name}", os.stat(os.path.join(full, name)).st_size))
+                    except FileNotFoundError:  # removed since the listing
+                        continue
+            return out
+        try:
+            entries = self.fs.ls(full, detail=True)
+        except FileNotFoundError:
+            return []
+        found = []
+        for e in entries:
+            name = posixpath.basename(str(e["name"]).rstrip("/"))
+            is_part = name.endswith(suffix) and not name.startswith(TMP_PREFIX)
+            if e.get("type") != "directory" and is_part:
+                found.append((f"{rel}/{name}", int(e.get("size") or 0)))
+        return sorted(found)
 
     # -- parquet -----------------------------------------------------------------------------
     def write_parquet_atomic(self, rel: str, table: pa.Table) -> int:

@@ -62,6 +62,44 @@ def part_name(units: pa.Table, columns: list[str]) -> str:
     return f"part-{int(first):012d}-{h.hexdigest()[:16]}.parquet"
 
 
+def unit_counts(
+    cat: Catalog, p: Pass, sql: str | None = None, shared: dict[str, str] | None = None
+) -> tuple[int, int, int]:
+    """Units wanted, done and failed: counted inside DuckDB over the pass's units query when
+    it has one (keys only, see ``Catalog.units_query``), else over its units materialised.
+    ``shared``: units queries already computed (query and keys -> temp table), for callers that
+    count many passes, several of which want the same units (``status``)."""
+    keys = list(p.units_key)
+    on = " AND ".join(f'w."{k}" = d."{k}"' for k in keys)
+    if sql is None:
+        query = cat.units_query(p.units)
+        sql = query[0] if query else None
+    if sql is None:
+        cat.con.register("_wanted_units", p.units(cat).select(keys))
+        src = "_wanted_units"
+    else:
+        cols = ", ".join(f'"{k}"' for k in keys)
+        select = f"SELECT {cols} FROM ({sql}) AS _units"
+        src = f"({select})"
+        if shared is not None:
+            tag = f"{cols}\0{sql}"
+            if tag not in shared:
+                shared[tag] = f"_units_{len(shared)}"
+                cat.rows(f"CREATE OR REPLACE TEMP TABLE {shared[tag]} AS {select}")
+            src = shared[tag]
+    try:
+        r = cat.rows(
+            f"""SELECT count(*),
+                       count(*) FILTER (WHERE d."{keys[0]}" IS NOT NULL AND d.error IS NULL),
+                       count(*) FILTER (WHERE d.error IS NOT NULL)
+                FROM {src} w LEFT JOIN "{p.done_view}" d ON {on}"""
+        )
+    finally:
+        if sql is None:
+            cat.con.unregister("_wanted_units")
+    return int(r[0][0]), int(r[0][1]), int(r[0][2])
+
+
 def balanced_batch_size(n_units: int, batch_size: int, workers: int) -> int:
     """``batch_size``, or less when there are too few units to give every worker two batches.
 
@@ -86,6 +124,11 @@ def plan(
         raise ValueError("batch_size must be positive")
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
+    query = catalog.units_query(p.units)
+    if query is not None:  # counted on keys inside DuckDB: nothing to do costs no unit rows
+        wanted_n, n_ok, n_failed = unit_counts(catalog, p, query[0])
+        if wanted_n == n_ok + (0 if retry_errors else n_failed):
+            return Plan(p.name, wanted_n, n_ok, n_failed, query[1], batch_size, retry_errors)
     wanted = p.units(catalog)
     keys = list(p.units_key)
     done = catalog.query(f'SELECT {", ".join(keys)}, error FROM "{p.done_view}"')

@@ -25,10 +25,11 @@ an edited set always yields a new version, bumped or not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -220,10 +221,16 @@ def _location(loc: tuple[int | str, ...], data: object) -> str:
     return "".join(parts) or "(top level)"
 
 
+@functools.lru_cache(maxsize=8)
+def _parse_yaml(text: str) -> Any:
+    """The YAML of a registry (cached: every catalog reads it; never mutated by callers)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def parse_registry(text: str, where: str = REGISTRY_FILE) -> PromptRegistry:
     """Parse and validate a registry; errors name the file and every bad key."""
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as exc:
         raise PromptRegistryError(f"{where}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

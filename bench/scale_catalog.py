@@ -1,0 +1,171 @@
+"""Scale benchmark of the reading side: catalog open, `sql count(*)`, planning a pass with
+nothing to do and `status`, on a synthetic workspace of N images with parts at the default batch
+sizes (manifest 2000 per part, PASS 1 outputs 256 per part), before and after `compact`.
+
+    python bench/scale_catalog.py --images 100000 [--images 1000000] [--keep DIR]
+
+Each measurement runs in a fresh Python process: the time of the operation itself, after the
+imports of the package and of every pass family (printed apart: paid once per command whatever
+the collection's size), and the peak RSS of that process. The synthetic rows have the real schemas of the manifest, `probe`
+and `sense`, filled with random values of the right types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from exokiratory.api.workspace import Workspace
+from exokiratory.core.dataset import PartDataset
+from exokiratory.core.layout import IMAGES, PATHS
+from exokiratory.core.manifest import IMAGES_SCHEMA, PATHS_SCHEMA
+
+MANIFEST_BATCH = 2000
+PASS_BATCH = 256
+
+
+def _column(field: pa.Field, n: int, start: int, rng: np.random.Generator) -> pa.Array:
+    t = field.type
+    name = field.name
+    if name == "image_id":
+        return pa.array([f"{i:032x}" for i in range(start, start + n)], t)
+    if name == "image_idx":
+        return pa.array(np.arange(start, start + n), t)
+    if name == "error":
+        return pa.nulls(n, t)
+    if name == "status":
+        return pa.array(["image"] * n, t)
+    if name in ("path", "first_path"):
+        return pa.array([f"/data/img/{i // 1000:05d}/{i:09d}.jpg" for i in range(start, start + n)])
+    if pa.types.is_boolean(t):
+        return pa.array(rng.random(n) < 0.1)
+    if pa.types.is_integer(t):
+        return pa.array(rng.integers(0, 1000, n), t)
+    if pa.types.is_floating(t):
+        return pa.array(rng.random(n).astype(np.float32)).cast(t)
+    if pa.types.is_timestamp(t):
+        return pa.array(np.full(n, 1_700_000_000_000_000, "int64")).cast(t)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.array([f"s{v}" for v in rng.integers(0, 50, n)], t)
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        size = t.list_size if pa.types.is_fixed_size_list(t) else 16
+        vals = _column(pa.field("v", t.value_type), n * size, 0, rng)
+        if pa.types.is_fixed_size_list(t):
+            return pa.FixedSizeListArray.from_arrays(vals, size)
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * size + 1, size, "int32")), vals)
+    if pa.types.is_binary(t):
+        return pa.array([b"\0" * 8] * n, t)
+    return pa.nulls(n, t)
+
+
+def _table(schema: pa.Schema, n: int, start: int, rng: np.random.Generator) -> pa.Table:
+    return pa.table({f.name: _column(f, n, start, rng) for f in schema}, schema=schema)
+
+
+def build(root: Path, n: int) -> Workspace:
+    src = root / "images"
+    src.mkdir(parents=True)
+    ws = Workspace.init(root / "ws", [str(src)])
+    rng = np.random.default_rng(0)
+    for start in range(0, n, MANIFEST_BATCH):
+        m = min(MANIFEST_BATCH, n - start)
+        ws.storage.write_parquet_atomic(
+            f"{IMAGES}/part-{start:012d}.parquet", _table(IMAGES_SCHEMA, m, start, rng)
+        )
+        ws.storage.write_parquet_atomic(
+            f"{PATHS}/part-{start:012d}.parquet", _table(PATHS_SCHEMA, m, start, rng)
+        )
+    for name in ("probe", "sense"):
+        (p,) = ws.passes([name])
+        ds = PartDataset(ws.storage, p.output_rel, p.key)  # type: ignore[attr-defined]
+        schema = p.output_schema()
+        for start in range(0, n, PASS_BATCH):
+            m = min(PASS_BATCH, n - start)
+            ds.write_part(f"part-{start:012d}", _table(schema, m, start, rng))
+    return ws
+
+
+_PROBE = """
+import json, resource, sys, time
+from exokiratory.api.workspace import Workspace
+from exokiratory.engine.planner import plan
+t = time.perf_counter()
+ws = Workspace(sys.argv[1]); op = sys.argv[2]
+ws.passes()  # imports every pass family (paid once per command, whatever the size)
+imports = time.perf_counter() - t
+t = time.perf_counter()
+if op == "open":
+    ws.catalog().close()
+elif op == "count":
+    ws.sql("SELECT count(*) FROM images")
+elif op == "count_features":
+    ws.sql("SELECT count(*) FROM features")
+elif op == "plan":
+    (p,) = ws.passes(["sense"])
+    with ws.catalog(ws.passes()) as cat:
+        pl = plan(p, cat, batch_size=256)
+    assert pl.todo.num_rows == 0, pl.todo.num_rows
+elif op == "status":
+    ws.status()
+elif op == "compact":
+    ws.compact()
+s = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"s": s, "imports": imports, "rss_mb": rss}))
+"""
+
+OPS = ("open", "count", "count_features", "plan", "status")
+
+
+def measure(ws_root: str, op: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, ws_root, op], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def parts(ws: Workspace) -> int:
+    return sum(1 for _ in ws.storage.walk_files("", ".parquet"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, action="append")
+    ap.add_argument("--keep", type=Path, help="build under this folder and keep it")
+    args = ap.parse_args()
+    for n in args.images or [100_000]:
+        root = Path(tempfile.mkdtemp(dir=args.keep)) if args.keep else Path(tempfile.mkdtemp())
+        try:
+            t = time.perf_counter()
+            ws = build(root, n)
+            print(f"## {n:,} images: built in {time.perf_counter() - t:.1f} s, {parts(ws)} parts")
+            rows = {op: [measure(ws.storage.root, op)] for op in OPS}
+            c = measure(ws.storage.root, "compact")
+            print(f"compact: {c['s']:.1f} s, peak {c['rss_mb']:.0f} MB -> {parts(ws)} parts")
+            for op in OPS:
+                rows[op].append(measure(ws.storage.root, op))
+            imports = sum(r["imports"] for v in rows.values() for r in v) / (2 * len(rows))
+            print(f"(imports of the package and every pass family, per command: {imports:.2f} s)")
+            print("| operation | before (s, peak MB) | after compact (s, peak MB) | speed-up |")
+            print("|---|---|---|---|")
+            for op, (a, b) in rows.items():
+                print(
+                    f"| {op} | {a['s']:.2f}, {a['rss_mb']:.0f} | {b['s']:.2f}, {b['rss_mb']:.0f} "
+                    f"| {a['s'] / max(b['s'], 1e-9):.1f}x |"
+                )
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
