@@ -22,6 +22,14 @@ import numpy as np
 #: subsample above that, so a 10^6-point level-0 fit stays in seconds to minutes.
 MAX_POINTS_PER_CENTROID = 256
 
+#: k-means trains on a seeded sample of at most this many rows (262,144 x 768 float32 = 800 MB
+#: of training data at most); every row is then assigned to its nearest centroid in batches of
+#: :data:`ASSIGN_BATCH`. Below this size the fit is the same as training on every row.
+TRAIN_SAMPLE_MAX = 262_144
+
+#: rows per exact nearest-centroid search batch (the assignment never holds n x k scores).
+ASSIGN_BATCH = 65_536
+
 
 @dataclass(frozen=True)
 class KMeansResult:
@@ -91,12 +99,50 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -
         min_points_per_centroid=1,
         verbose=False,
     )
-    km.train(x, init_centroids=kmeanspp_init(x, k, seed))
+    train = training_sample(x, seed)
+    km.train(train, init_centroids=kmeanspp_init(train, k, seed))
     centroids = normalise_rows(np.asarray(km.centroids))
-    index = faiss.IndexFlatIP(d)
-    index.add(centroids)
-    sim, assign = index.search(x, 1)
-    return KMeansResult(assign[:, 0].astype(np.int32), centroids, sim[:, 0].astype(np.float32))
+    assign, sim = assign_to_centroids(x, centroids)
+    return KMeansResult(assign, centroids, sim)
+
+
+def training_sample(x: np.ndarray, seed: int, size: int = TRAIN_SAMPLE_MAX) -> np.ndarray:
+    """``x`` itself up to ``size`` rows, else a seeded sample of ``size`` rows (in row order)."""
+    if x.shape[0] <= size:
+        return x
+    rng = np.random.default_rng(seed)
+    return np.ascontiguousarray(x[np.sort(rng.choice(x.shape[0], size, replace=False))])
+
+
+def assign_to_centroids(
+    x: np.ndarray, centroids: np.ndarray, batch: int = ASSIGN_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 nearest centroid, float32 its cosine) of each row of ``x`` (unit rows), by an
+    exact inner-product search over row batches (the same result as one search)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    assign = np.empty(x.shape[0], np.int32)
+    sim = np.empty(x.shape[0], np.float32)
+    for lo in range(0, x.shape[0], batch):
+        s, a = index.search(np.ascontiguousarray(x[lo : lo + batch], dtype=np.float32), 1)
+        assign[lo : lo + batch] = a[:, 0]
+        sim[lo : lo + batch] = s[:, 0]
+    return assign, sim
+
+
+def row_similarity(
+    x: np.ndarray, centroids: np.ndarray, assignments: np.ndarray, batch: int = ASSIGN_BATCH
+) -> np.ndarray:
+    """float32 cosine of each row to its assigned centroid, in row batches (no n x d gather)."""
+    out = np.empty(x.shape[0], np.float32)
+    for lo in range(0, x.shape[0], batch):
+        rows = x[lo : lo + batch]
+        out[lo : lo + batch] = np.einsum(
+            "nd,nd->n", rows, centroids[assignments[lo : lo + batch]]
+        ).astype(np.float32)
+    return out
 
 
 #: k-means++ seeding runs while k x sample x d stays under this many multiply-adds (about a

@@ -6,8 +6,14 @@ Index choice by size (cosine similarity = inner product of the stored unit vecto
 
 * up to :data:`EXACT_MAX` (10^6) vectors: ``IndexFlatIP``, exact. Measured on 2 cores
   (``bench/index_recall.py``): 10^5 x 512-d, 0.43 ms per query (batched), build 0.1 s;
-* more: ``IndexHNSWFlat`` (M = 32, efConstruction = 200, efSearch = 128, inner product),
-  approximate. On unstructured random vectors (its worst case) it reached only recall@10 0.42
+* from ``ivf_above`` vectors (:data:`IVF_ABOVE`, 10^6, a keyword of :func:`build_index`):
+  ``ivfsq8``, an inverted file with 8-bit scalar quantisation, trained on a seeded sample and
+  filled in chunks read from the stored embeddings (:mod:`.ivf`; bounded memory, ~800 bytes
+  per 768-d vector instead of 3 KB), and from :data:`PQ_ABOVE` (4 x 10^6) ``ivfpq`` (product
+  quantisation, ~100 bytes per 768-d vector, lower recall); recall@10 and memory per vector in
+  ``bench/RESULTS.md`` (``bench/index_scale.py``);
+* ``hnsw`` on request (or from :data:`EXACT_MAX` when ``ivf_above=None``): ``IndexHNSWFlat``
+  (M = 32, efConstruction = 200, efSearch = 128, inner product), approximate. On unstructured random vectors (its worst case) it reached only recall@10 0.42
   at 10^5 and took 120 s to build, which is why exact search is used that far; its recall on
   real, clustered embeddings is not measured yet.
 
@@ -35,10 +41,16 @@ import pyarrow as pa
 
 from exokiratory.core.catalog import Catalog
 from exokiratory.core.storage import Storage
+from exokiratory.search.ivf import IVF_KINDS, READ_BATCH, arrow_chunks, build_ivf
 
 log = logging.getLogger(__name__)
 
 EXACT_MAX = 1_000_000
+IVF_ABOVE = 1_000_000
+"""``auto`` builds an IVF index (``ivfsq8``) from this many vectors (``build_index(ivf_above=)``)."""
+PQ_ABOVE = 4_000_000
+"""``auto`` builds ``ivfpq`` from this many vectors (``ivfsq8`` would take > 3 GB at 768-d)."""
+KINDS = ("auto", "flat", "hnsw", *IVF_KINDS)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -149,8 +161,14 @@ def load_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, np.ndarray, l
     return vectors, t.column("image_idx").to_numpy(), t.column("image_id").to_pylist(), model_id
 
 
-def choose_kind(n: int) -> str:
-    return "flat" if n < EXACT_MAX else "hnsw"
+def choose_kind(n: int, ivf_above: int | None = None) -> str:
+    """flat below :data:`EXACT_MAX`; from ``ivf_above`` (None: never) ``ivfsq8``, or ``ivfpq``
+    from :data:`PQ_ABOVE`; else hnsw."""
+    if n < EXACT_MAX:
+        return "flat"
+    if ivf_above is None or n < ivf_above:
+        return "hnsw"
+    return "ivfpq" if n >= PQ_ABOVE else "ivfsq8"
 
 
 def _new_index(kind: str, dim: int) -> Any:
@@ -173,16 +191,26 @@ def read_meta(storage: Storage, space: str, segments: bool = False) -> dict[str,
 
 
 def build_index(
-    storage: Storage, cat: Catalog, space: str, kind: str = "auto", *, segments: bool = False
+    storage: Storage,
+    cat: Catalog,
+    space: str,
+    kind: str = "auto",
+    *,
+    segments: bool = False,
+    ivf_above: int | None = IVF_ABOVE,
 ) -> IndexReport:
     """Build or extend the index of ``space`` from the stored embeddings (of the images, or of
-    the segments with ``segments=True``)."""
+    the segments with ``segments=True``). ``kind="auto"``: see the module docstring."""
     if space not in SPACES:
         raise ValueError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
-    if kind not in ("auto", "flat", "hnsw"):
-        raise ValueError("kind must be auto, flat or hnsw")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     faiss = _faiss()
     t0 = time.monotonic()
+    if kind == "auto":
+        kind = choose_kind(_stored_count(cat, space, segments), ivf_above)
+    if kind in IVF_KINDS:
+        return _build_ivf_index(storage, cat, space, kind, segments, t0)
     if segments:
         vectors, keys, model_id = load_segment_embeddings(cat, space)
         id_col = "id"
@@ -324,3 +352,114 @@ def _search_segments(storage: Storage, space: str, q: np.ndarray, k: int) -> pa.
         },
         schema=SEGMENT_HITS_SCHEMA,
     )
+
+
+# ------------------------------------------------------------------------ IVF (streamed)
+
+
+def _embedding_view(space: str, segments: bool) -> tuple[str, str, str]:
+    """(view, what, hint) of the stored embeddings of ``space``."""
+    if segments:
+        return (
+            f"segment_embeddings_{space}",
+            f"{space} segment embeddings",
+            f"run `exokiratory run segment-embed-{space}` first",
+        )
+    return (
+        f"embeddings_{space}",
+        f"{space} embeddings",
+        f"run `exokiratory run embed-{space}` first",
+    )
+
+
+def _stored_count(cat: Catalog, space: str, segments: bool) -> int:
+    view, what, hint = _embedding_view(space, segments)
+    if view not in cat.views:
+        raise ValueError(f"no {what}: {hint}")
+    return int(cat.scalar(f"SELECT count(*) FROM {view} WHERE error IS NULL"))
+
+
+def _stored_keys(cat: Catalog, space: str, segments: bool) -> tuple[pa.Table, str, str, int]:
+    """(id map rows, id column, model_id, dim) of the stored embeddings, key columns only."""
+    view, what, hint = _embedding_view(space, segments)
+    if view not in cat.views:
+        raise ValueError(f"no {what}: {hint}")
+    if segments:
+        t = cat.query(
+            f"SELECT segment_id, image_id, image_idx, mask_index FROM {view} "
+            "WHERE error IS NULL ORDER BY image_idx, mask_index"
+        )
+        idx = t.column("image_idx").to_numpy()
+        keys = pa.table(
+            {
+                "id": segment_int_id(idx, t.column("mask_index").to_numpy()),
+                "segment_id": t.column("segment_id"),
+                "image_id": t.column("image_id"),
+                "image_idx": idx,
+            }
+        )
+        id_col = "id"
+    else:
+        keys = cat.query(
+            f"SELECT image_idx, image_id FROM {view} WHERE error IS NULL ORDER BY image_idx"
+        )
+        id_col = "image_idx"
+    if keys.num_rows == 0:
+        raise ValueError(f"no {what} yet: {hint}")
+    models = cat.query(f"SELECT DISTINCT model_id FROM {view} WHERE error IS NULL")
+    model_id = single_model(models, view)
+    dim = cat.scalar(f"SELECT len(embedding) FROM {view} WHERE error IS NULL LIMIT 1")
+    return keys, id_col, model_id, int(dim)
+
+
+def stream_chunks(cat: Catalog, space: str, segments: bool, rows: int = READ_BATCH) -> Any:
+    """A function starting a pass over (ids, float32 vectors) chunks of ``rows`` stored
+    embeddings (read from DuckDB in record batches; no ORDER BY, so nothing is materialised)."""
+    view, _, _ = _embedding_view(space, segments)
+    id_sql = "(image_idx << 20) | mask_index AS id" if segments else "image_idx"
+    id_col = "id" if segments else "image_idx"
+    sql = f"SELECT {id_sql}, embedding FROM {view} WHERE error IS NULL"
+
+    def chunks() -> Any:
+        rel = cat.con.sql(sql)
+        reader = getattr(rel, "to_arrow_reader", None) or getattr(rel, "fetch_record_batch")  # noqa: B009
+        return arrow_chunks(reader(rows), id_col)
+
+    return chunks
+
+
+def _build_ivf_index(
+    storage: Storage, cat: Catalog, space: str, kind: str, segments: bool, t0: float
+) -> IndexReport:
+    """An IVF index trained on a seeded sample and filled chunk by chunk (:mod:`.ivf`)."""
+    faiss = _faiss()
+    keys, id_col, model_id, dim = _stored_keys(cat, space, segments)
+    idx = keys.column(id_col).to_numpy()
+    index_rel, ids_rel, meta_rel = _paths(space, segments)
+    meta = read_meta(storage, space, segments)
+    index, known = None, np.zeros(0, np.int64)
+    if meta and meta.get("kind") == kind and meta.get("model_id") == model_id:
+        known = storage.read_parquet(ids_rel).column(id_col).to_numpy()
+        if np.isin(known, idx).all():
+            index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
+        else:
+            known = np.zeros(0, np.int64)
+    chunks = stream_chunks(cat, space, segments)
+    index, params, added = build_ivf(kind, idx, dim, chunks, index, known)
+    if index.ntotal != idx.size:
+        raise RuntimeError("the embeddings changed while the index was built: build it again")
+    storage.write_bytes_atomic(index_rel, faiss.serialize_index(index).tobytes())
+    storage.write_parquet_atomic(ids_rel, keys)
+    new_meta = {
+        "space": space,
+        "segments": segments,
+        "kind": kind,
+        "metric": "inner_product (cosine of unit vectors)",
+        "params": params,
+        "dim": dim,
+        "count": int(idx.size),
+        "model_id": model_id,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    storage.write_bytes_atomic(meta_rel, json.dumps(new_meta, indent=1).encode())
+    return IndexReport(space, kind, int(idx.size), added, time.monotonic() - t0)

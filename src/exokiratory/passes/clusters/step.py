@@ -41,6 +41,7 @@ from exokiratory.search.clustering import (
     hierarchical_kmeans,
     level_sizes,
     normalise_rows,
+    row_similarity,
 )
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class ClustersDerivation(Derivation[ClusterParams]):
         levels = hierarchical_kmeans(vectors, ks or [1], seed=params.seed, niter=params.niter)
         assignments, summaries = [], []
         for li, lv in enumerate(levels):
-            sim = np.einsum("nd,nd->n", vectors, lv.centroids[lv.assignments]).astype(np.float32)
+            sim = row_similarity(vectors, lv.centroids, lv.assignments)
             fit = KMeansResult(lv.assignments, lv.centroids, sim)
             ex = exemplars(fit, params.exemplars)
             assignments.append(_assignment_table(li, fit, ex, idx, ids))

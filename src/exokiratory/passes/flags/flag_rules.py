@@ -14,10 +14,11 @@ routing decision ``is_worth_gpu``.
   and for rows sensed before it existed) to be within ``ALPHA_HASH_THRESHOLD`` (12; a key
   ``alpha_phash`` in ``near_duplicate_thresholds`` overrides it): transparent overlays that
   composite to the same image over white (e.g. white shapes) are not duplicates unless their
-  shapes match. Opaque pairs always pass it. Above ``near_duplicate_large_n``
-  images (100,000) every threshold is capped at ``near_duplicate_large_max_threshold`` (8),
-  with a warning: exact multi-index search at 12 bits does not finish in minutes on 10^6
-  codes; at 8 it takes about 20 s.
+  shapes match. Opaque pairs always pass it. The search is exact at the thresholds given at any
+  collection size (10^6 images at the defaults: well under two minutes, see
+  :mod:`.hamming_search`). A cap is opt-in only: with ``near_duplicate_large_n`` set, above that
+  many images every threshold is capped at ``near_duplicate_large_max_threshold``, with a
+  warning (and the cap is part of the cached groups' key).
 * ``is_worth_gpu`` = readable, sensed, not junk, not a non-canonical near duplicate, and (when
   ``route_out_semantic_duplicates``) not a non-canonical semantic duplicate. The
   ``images_routed`` view holds the images worth GPU time.
@@ -72,11 +73,13 @@ class NearDupParams(TextHeavyParams):
     strict_noise_threshold: float = Field(
         0.6, ge=0, description="images with noise_score below this are 'flat' (graphics, UI)"
     )
-    near_duplicate_large_n: int = Field(
-        100_000, ge=2, description="above this many images, cap the searched thresholds"
+    near_duplicate_large_n: int | None = Field(
+        None,
+        ge=2,
+        description="opt-in: above this many images, cap the thresholds (None: never capped)",
     )
     near_duplicate_large_max_threshold: int = Field(
-        8, ge=0, le=16, description="cap on every rule threshold for large collections"
+        8, ge=0, le=64, description="the cap applied above near_duplicate_large_n images"
     )
 
 
@@ -102,6 +105,8 @@ class NearDupCache:
             "strict_near_duplicate_thresholds",
             "strict_noise_threshold",
             "text_heavy_threshold",
+            "near_duplicate_large_n",
+            "near_duplicate_large_max_threshold",
         )
         h.update(json.dumps({k: getattr(p, k) for k in keys}, sort_keys=True).encode())
         h.update(storage.listing_digest(inputs, ".parquet").encode())
@@ -156,11 +161,11 @@ def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Tab
     loose_t, tight_t = dict(p.near_duplicate_thresholds), dict(p.strict_near_duplicate_thresholds)
     alpha_t = loose_t.pop(ALPHA_HASH_COLUMN, ALPHA_HASH_THRESHOLD)
     tight_t.pop(ALPHA_HASH_COLUMN, None)
-    if len(ids) > p.near_duplicate_large_n:
+    if p.near_duplicate_large_n is not None and len(ids) > p.near_duplicate_large_n:
         cap = p.near_duplicate_large_max_threshold
         log.warning(
-            "near duplicates among %d images: capping hash thresholds at %d (exact search at "
-            "larger thresholds does not scale; see passes.flags.near_duplicate_large_n)",
+            "near duplicates among %d images: capping hash thresholds at %d (as set by "
+            "passes.flags.near_duplicate_large_n; unset it for the exact thresholds)",
             len(ids),
             cap,
         )
@@ -210,16 +215,19 @@ def near_duplicate_columns(frame: FlagFrame, p: NearDupParams) -> Columns:
         dups = near_duplicates(frame.table, frame.sensed, p)
         if cache is not None:
             cache.put(dups)
-    by_id = {r["image_id"]: r for r in dups.to_pylist()}
-    rows = [by_id.get(i) for i in frame.table.column("image_id").to_pylist()]
+    row = pc.index_in(frame.table.column("image_id"), value_set=dups.column("image_id"))
+
+    def take(name: str) -> pa.Array:
+        return pc.take(dups.column(name), row).combine_chunks()
+
+    canonical = take("is_canonical")
+    member = pc.is_valid(row).to_numpy(zero_copy_only=False)
     return {
-        "dup_group_id": [r["dup_group_id"] if r else None for r in rows],
-        "dup_group_size": [r["dup_group_size"] if r else None for r in rows],
-        "is_dup_canonical": [r["is_canonical"] if r else None for r in rows],
-        "hash_distance_to_canonical": [
-            r["hash_distance_to_canonical"] if r else None for r in rows
-        ],
-        "is_near_duplicate": np.array([r is not None and not r["is_canonical"] for r in rows]),
+        "dup_group_id": take("dup_group_id"),
+        "dup_group_size": take("dup_group_size"),
+        "is_dup_canonical": canonical,
+        "hash_distance_to_canonical": take("hash_distance_to_canonical"),
+        "is_near_duplicate": member & ~pc.fill_null(canonical, True).to_numpy(zero_copy_only=False),
     }
 
 

@@ -1,0 +1,148 @@
+"""Inverted-file (IVF) indices for collections above :data:`.indices.EXACT_MAX` vectors, built in
+bounded memory from the stored embeddings.
+
+Kinds (inner product of the stored unit vectors, like the exact index), both with ``nlist``
+coarse cells (a power of two near sqrt(n)) searched ``nprobe`` at a time:
+
+* ``ivfsq8`` (the automatic choice from :data:`.indices.IVF_ABOVE` vectors):
+  ``IndexIVFScalarQuantizer`` with 8-bit scalar quantisation, ``dim`` bytes per vector (plus
+  the 8-byte id): 4 times less memory than the exact float32 index, recall@10 about 0.9;
+* ``ivfpq`` (the automatic choice from :data:`.indices.PQ_ABOVE` vectors, where ``ivfsq8``
+  would not fit a Colab VM's memory): ``IndexIVFPQ``, product quantisation into ``dim / 8``
+  bytes per vector (96 B for 768-d): 30 times less memory than float32, but a lower recall on
+  clustered embeddings (measured 0.54 at 20,000 vectors) and a slower build (the PQ training).
+
+Build (:func:`build_ivf`): the quantisers are trained on a seeded sample of at most
+:data:`TRAIN_MAX` vectors (``TRAIN_PER_LIST`` per cell), then every vector is added in chunks of
+:data:`READ_BATCH` rows. Chunks are read from DuckDB as they come (float16 storage is converted
+to float32 one chunk at a time): memory is the index, the training sample and one chunk, never a
+float32 copy of every embedding. Recall@10 and memory per vector: ``bench/index_scale.py`` and
+``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+IVF_KINDS = ("ivfpq", "ivfsq8")
+TRAIN_PER_LIST = 64
+"""Training vectors per coarse cell (the sample holds ``TRAIN_PER_LIST * nlist``, at most
+:data:`TRAIN_MAX`)."""
+TRAIN_MAX = 131_072
+"""Largest training sample (131,072 x 768 float32 = 400 MB)."""
+TRAIN_SEED = 0
+READ_BATCH = 50_000
+"""Rows per chunk read from the stored embeddings (50,000 x 768 float32 = 150 MB)."""
+NPROBE = 64
+"""Cells searched per query (stored in the index)."""
+PQ_BYTES_PER_DIMS = 8
+"""Dimensions per PQ byte (``m = dim / 8`` sub-quantisers of 8 bits)."""
+
+Chunk = tuple[np.ndarray, np.ndarray]
+"""(ids int64, vectors float32 (rows, dim))."""
+
+
+def ivf_params(n: int, dim: int, kind: str) -> dict[str, int]:
+    """``nlist`` (a power of two near sqrt(n)), ``train_size``, ``nprobe`` and the PQ ``m``."""
+    if kind not in IVF_KINDS:
+        raise ValueError(f"unknown IVF kind {kind!r}; use one of {', '.join(IVF_KINDS)}")
+    nlist = 2 ** max(0, round(math.log2(max(1.0, math.sqrt(n)))))
+    nlist = max(1, min(nlist, n // TRAIN_PER_LIST or 1))
+    params = {
+        "nlist": nlist,
+        "train_size": min(n, max(TRAIN_PER_LIST * nlist, 10_000), TRAIN_MAX),
+        "nprobe": min(NPROBE, nlist),
+        "seed": TRAIN_SEED,
+    }
+    if kind == "ivfpq":
+        m = max(1, dim // PQ_BYTES_PER_DIMS)
+        while dim % m:
+            m -= 1
+        params["m"] = m
+        params["nbits"] = 8 if params["train_size"] >= 256 * 39 else 4
+    return params
+
+
+def new_ivf(kind: str, dim: int, params: dict[str, int]) -> Any:
+    """An untrained IVF index (inner product)."""
+    import faiss
+
+    quantizer: Any = faiss.IndexFlatIP(dim)  # kept alive by the index's wrapper
+    metric = faiss.METRIC_INNER_PRODUCT
+    index: Any
+    if kind == "ivfpq":
+        nlist, m, nbits = params["nlist"], params["m"], params["nbits"]
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, metric)
+        index.do_polysemous_training = False  # minutes of training for an unused feature
+    else:
+        qtype = faiss.ScalarQuantizer.QT_8bit
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params["nlist"], qtype, metric)
+    index.nprobe = params["nprobe"]
+    index.cp.seed = params["seed"]
+    return index
+
+
+def sample_ids(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``size`` of ``ids`` (sorted), all of them when fewer."""
+    if size >= ids.size:
+        return np.sort(ids)
+    rng = np.random.default_rng(seed)
+    return np.sort(ids[rng.choice(ids.size, size, replace=False)])
+
+
+def gather_sample(chunks: Iterable[Chunk], wanted: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors of ``wanted`` ids (in id order) from a pass over the chunks."""
+    out = np.empty((wanted.size, dim), dtype=np.float32)
+    seen = np.zeros(wanted.size, dtype=bool)
+    for ids, vectors in chunks:
+        pos = np.searchsorted(wanted, ids)
+        pos = np.minimum(pos, max(wanted.size - 1, 0))
+        hit = wanted[pos] == ids if wanted.size else np.zeros(ids.size, bool)
+        out[pos[hit]] = vectors[hit]
+        seen[pos[hit]] = True
+    if not seen.all():
+        raise RuntimeError("the embeddings changed while the index was built: build it again")
+    return out
+
+
+def build_ivf(
+    kind: str,
+    all_ids: np.ndarray,
+    dim: int,
+    chunks: Callable[[], Iterator[Chunk]],
+    index: Any | None = None,
+    known: np.ndarray | None = None,
+) -> tuple[Any, dict[str, int], int]:
+    """(index, params, vectors added): train a new index on a seeded sample (unless ``index``
+    is given) and add every chunk's vectors whose id is not in ``known``. ``chunks()`` starts a
+    new pass over the stored vectors (it is called once or twice)."""
+    params = ivf_params(all_ids.size, dim, kind)
+    if index is None:
+        index = new_ivf(kind, dim, params)
+        wanted = sample_ids(np.asarray(all_ids, np.int64), params["train_size"], params["seed"])
+        index.train(gather_sample(chunks(), wanted, dim))
+    added = 0
+    known_sorted = np.sort(known) if known is not None else np.zeros(0, np.int64)
+    for ids, vectors in chunks():
+        new = ~np.isin(ids, known_sorted, assume_unique=False)
+        if new.any():
+            index.add_with_ids(np.ascontiguousarray(vectors[new]), ids[new])
+            added += int(new.sum())
+    return index, params, added
+
+
+def arrow_chunks(reader: Iterable[pa.RecordBatch], id_col: str) -> Iterator[Chunk]:
+    """(ids, float32 vectors) of each record batch with ``id_col`` and ``embedding``."""
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        emb = batch.column(batch.schema.get_field_index("embedding"))
+        flat = emb.flatten().to_numpy(zero_copy_only=False)
+        vectors = np.ascontiguousarray(flat.reshape(batch.num_rows, -1), dtype=np.float32)
+        ids = batch.column(batch.schema.get_field_index(id_col)).to_numpy(zero_copy_only=False)
+        yield np.asarray(ids, dtype=np.int64), vectors
