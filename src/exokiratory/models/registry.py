@@ -16,6 +16,9 @@ Roles:
   Florence-2 in ``lite``).
 * ``"vlm"``: a vision-language chat model for dense captions (PASS 5; LLaVA-1.5 by default,
   SmolVLM in ``lite``). Captioner licences are in :data:`LICENSES` too.
+* ``"diffusion"``: a Stable Diffusion 1.x pipeline folder for img2img (PASS 8 generative
+  probing; SD 1.5, CreativeML OpenRAIL-M); ``"controlnet-depth"`` / ``"controlnet-canny"``: the
+  ControlNets conditioning it on a depth map / Canny edges (ControlNet v1.1, OpenRAIL).
 
 Names accepted by :func:`resolve`:
 
@@ -37,7 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-ROLES: Final[tuple[str, ...]] = ("clip", "dino", "sam", "depth", "detect", "caption", "vlm")
+ROLES: Final[tuple[str, ...]] = (
+    "clip",
+    "dino",
+    "sam",
+    "depth",
+    "detect",
+    "caption",
+    "vlm",
+    "diffusion",
+    "controlnet-depth",
+    "controlnet-canny",
+)
 """Roles a model can fill."""
 
 PROFILES: Final[dict[str, dict[str, str]]] = {
@@ -49,6 +63,9 @@ PROFILES: Final[dict[str, dict[str, str]]] = {
         "detect": "google/owlv2-base-patch16-ensemble",
         "caption": "Salesforce/blip2-opt-2.7b",
         "vlm": "llava-hf/llava-1.5-7b-hf",
+        "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "controlnet-depth": "lllyasviel/control_v11f1p_sd15_depth",
+        "controlnet-canny": "lllyasviel/control_v11p_sd15_canny",
     },
     "lite": {
         "clip": "openai/clip-vit-base-patch32",
@@ -58,6 +75,9 @@ PROFILES: Final[dict[str, dict[str, str]]] = {
         "detect": "google/owlv2-base-patch16-ensemble",
         "caption": "florence-community/Florence-2-base",
         "vlm": "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "controlnet-depth": "lllyasviel/control_v11f1p_sd15_depth",
+        "controlnet-canny": "lllyasviel/control_v11p_sd15_canny",
     },
 }
 """Named sets of real hub checkpoints, one per role."""
@@ -128,6 +148,10 @@ LICENSES: Final[dict[str, str]] = {
     "Qwen/Qwen2.5-VL-7B-Instruct": "Apache-2.0",
     "Qwen/Qwen2.5-VL-3B-Instruct": "Qwen Research Licence (non-commercial)",
     "Qwen/Qwen3-VL-8B-Instruct": "Apache-2.0",
+    # generative probing (PASS 8)
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "CreativeML OpenRAIL-M (use restrictions)",
+    "lllyasviel/control_v11f1p_sd15_depth": "OpenRAIL (ControlNet v1.1)",
+    "lllyasviel/control_v11p_sd15_canny": "OpenRAIL (ControlNet v1.1)",
 }
 """Licences of the depth and detection checkpoints the profiles name (read the model card of
 any other checkpoint yourself). Both depth and detection profiles default to Apache-2.0 ones."""
