@@ -19,7 +19,9 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from exokiratory import Workspace
 from exokiratory.core.config import render_config
-from exokiratory.report.stopping import AMI_MAX_CELLS, compare
+from exokiratory.passes.stop.base import fmt
+from exokiratory.passes.stop.history import list_snapshots
+from exokiratory.passes.stop.topology import AMI_MAX_CELLS, compare
 from exokiratory.report.thumbs import (
     WANTS_SCHEMA,
     ThumbParams,
@@ -194,20 +196,46 @@ def test_thumbnails_are_cached_and_resumed(built: tuple[Workspace, str]) -> None
     assert t.jpeg and t.width / t.height == pytest.approx(2 * full.width / full.height, rel=0.1)
 
 
+def _stop_section(page: str) -> str:
+    m = re.search(r"<section id='stop'>(.*?)</section>", page, re.S)
+    assert m
+    return m.group(1)
+
+
+def test_stop_panel_shows_the_numbers_of_the_stop_command(built: tuple[Workspace, str]) -> None:
+    ws, page = built
+    section = _stop_section(page)
+    result = ws.stop(record=False)  # the function behind `exokiratory stop`
+    assert f"'verdict {result.verdict.decision}'" in section
+    for row in result.rows():
+        cells = (
+            f"<td>{row['criterion']}</td><td class='num'>{row['value']}</td>"
+            f"<td class='num'>{row['threshold']}</td>"
+        )
+        assert cells in section, cells
+    # the clusterings were recorded by `run` (one snapshot per structural step)
+    triggers = [s.trigger for s in list_snapshots(ws.storage)]
+    assert "clusters-clip" in triggers and "clusters-dino" in triggers
+
+
 def test_second_build_compares_with_the_previous_snapshot(built: tuple[Workspace, str]) -> None:
     ws, _ = built
+    before = list_snapshots(ws.storage)
     again = Path(str(ws.report("diag", progress=False).local_path)).read_text("utf-8")
-    assert "no earlier report snapshot" in again  # unchanged inputs: the same snapshot
-    # a new image changes the inputs: a second snapshot, compared with the first
+    assert list_snapshots(ws.storage) == before  # unchanged structure: no new snapshot
+    assert "snapshot(s) in <code>history/structure/</code>" in _stop_section(again)
+    # a new image: the next run re-clusters, and the panel compares with the earlier run
     shutil.copy(skimage_data_dir() / "cell.png", Path(ws.config.sources[0].path) / "cell.png")
     ws.scan(progress=False)
-    ws.run(["probe", "sense", "flags"], workers=1, progress=False)
+    steps = ["probe", "sense", "flags", "embed-clip", "embed-dino"]
+    ws.run([*steps, "clusters-clip", "clusters-dino"], workers=1, progress=False)
+    after = list_snapshots(ws.storage)
+    assert len(after) > len(before) and after[-1].run_id != before[-1].run_id
     page = Path(str(ws.report("diag", progress=False).local_path)).read_text("utf-8")
-    snaps = ws.storage.list_files("reports/history", ".parquet")
-    assert len(snaps) == 2
-    assert "new images since the previous snapshot</td><td>1</td>" in page
-    assert "cluster:clip:" in page  # clusterings compared between the two snapshots
-    assert "keep going" in page  # embeddings of the new image are still wanted
+    stop = _stop_section(page)
+    assert f"change since {before[-1].name}" in stop
+    topo = ws.stop(record=False).criteria[0]
+    assert topo.value is not None and f"<td class='num'>{fmt(topo.value)}</td>" in stop
 
 
 def test_fresh_workspace_says_what_to_run(tmp_path: Path) -> None:

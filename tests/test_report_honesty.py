@@ -60,8 +60,8 @@ def test_random_weight_banner_and_section_notes(honest: tuple[Workspace, str]) -
     for sid in ("maps", "clusters", "galleries"):  # galleries: the outliers block
         assert "class='random-weight'" in _section(page, sid), sid
     stop = _section(page, "stop")
-    agreement = stop[stop.index("Cluster agreement") : stop.index("Change of clustering")]
-    assert "class='random-weight'" in agreement
+    topology = stop[stop.index("<h3>topology") : stop.index("<h3>segments")]
+    assert "class='random-weight'" in topology
     # a section with no model behind it says nothing
     assert "class='random-weight'" not in _section(page, "overview")
 

@@ -22,10 +22,6 @@ class ReportParams(BaseModel):
     histogram_bins: int = Field(40, ge=5, le=200)
     thumb_size: int = Field(96, ge=16, le=512, description="thumbnail longer side, pixels")
     seed: int = Field(0, description="seed of every random sample (same seed: same report)")
-    stable_ari: float = Field(
-        0.9, ge=0, le=1, description="clustering change below this ARI means 'still moving'"
-    )
-    stable_outlier_jaccard: float = Field(0.8, ge=0, le=1)
 
     @field_validator("name")
     @classmethod

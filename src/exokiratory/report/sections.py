@@ -1,5 +1,6 @@
-"""The report's own sections (registered like a family's): the stop panel, the overview, the
-galleries (a frame for the families' gallery blocks) and every table."""
+"""The report's own sections (registered like a family's): the overview, the galleries (a frame
+for the families' gallery blocks) and every table. The stop panel is the ``stop`` family's
+(:mod:`exokiratory.passes.stop.section`)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,8 @@ from exokiratory.engine.sections import (
     register_section,
 )
 from exokiratory.report.overview import Overview, gather_overview
-from exokiratory.report.stopping import StopPanel, gather_stop_panel
 
 PACKAGE = "exokiratory.report"
-
-
-# page order: what a person came to see first (counts, image galleries), the stop panel below
-@register_section("stop", title="When to move on", order=85, template="stop.html.j2")
-def gather_stop(ctx: SectionContext) -> StopPanel:
-    return gather_stop_panel(
-        ctx.tables,
-        ctx.storage,
-        ctx.status,
-        stable_ari=ctx.params.stable_ari,
-        stable_jaccard=ctx.params.stable_outlier_jaccard,
-    )
 
 
 @register_section(
