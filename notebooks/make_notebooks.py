@@ -209,6 +209,14 @@ NOTEBOOKS = {
                 "else:\n"
                 '    print("open", result.local_path or result.url)',
             ),
+            (
+                "Is another pass worth running? The four stop criteria (the report's 'When to "
+                "move on' panel, `exokiratory stop`): value, threshold, state, and the verdict.",
+                "stop = ws.stop()\n"
+                "for row in stop.rows():  # criterion, value, threshold, state, why\n"
+                '    print(*row.values(), sep=" | ")\n'
+                'print(stop.verdict.decision, stop.verdict.run or "", "-", stop.verdict.why)',
+            ),
         ],
     ),
     "05_captions": notebook(
@@ -306,11 +314,140 @@ NOTEBOOKS = {
             ),
         ],
     ),
+    "07_synthesis": notebook(
+        "exokiratory 07: re-aggregation and synthesis (PASS 7)",
+        "Collapse upward without lying: motif bags per image, a co-occurrence graph of the motifs "
+        "(with a shuffled baseline and communities), and image vs segment vs language compared, "
+        "each agreement beside its chance baseline. Derivations only (no pixels, no GPU, "
+        "seconds to minutes); each works with whatever notebooks 02-06 left and says what is "
+        "missing. Writes `synthesis/`.",
+        "N_SHUFFLES = 20  # co-occurrence baseline shuffles\n"
+        "MIN_UNITS = 10   # smallest comparison reported",
+        [
+            (
+                "Motif bags, co-occurrence graph, caption clusters and the comparisons (writes "
+                "`synthesis/motif_bags/`, `synthesis/caption_clusters/`, `synthesis/agreement/`).",
+                "from exokiratory.api.colab import configure\n"
+                "from exokiratory.engine.registry import pass_names\n\n"
+                'if "motif-bags" not in pass_names():\n'
+                '    print("this version of exokiratory has no synthesis steps")\n'
+                "else:\n"
+                '    ws = configure(ws, "motif-bags", n_shuffles=N_SHUFFLES)\n'
+                '    ws = configure(ws, "structure-agreement", min_units=MIN_UNITS)\n'
+                '    for r in ws.run(["synthesis"]):\n'
+                "        print(r.summary())\n"
+                '    for v in ("motif_bags_notes", "caption_clusters_notes", '
+                '"structure_agreement_notes"):\n'
+                '        print(ws.df(f"SELECT part, status, n, detail FROM {v} '
+                "WHERE status <> 'ok'\"))",
+            ),
+            (
+                "Each comparison with its shuffled-label baseline, and the strongest motif "
+                "associations.",
+                'if "motif-bags" in pass_names():\n'
+                '    print(ws.df("SELECT kind, left_clustering, left_level, right_clustering, n, '
+                "ari, ari_baseline, ami, ami_baseline, is_above_baseline, random_weight_models "
+                'FROM structure_agreement"))\n'
+                '    print(ws.df("SELECT space, motif_a, motif_b, count, npmi, expected, z_score '
+                'FROM motif_cooccurrence WHERE is_significant ORDER BY npmi DESC LIMIT 10"))\n'
+                '    print(ws.df("SELECT clustering, level, cluster_id, n_captions, '
+                "string_agg(term, ', ' ORDER BY rank) AS terms FROM caption_terms "
+                'GROUP BY ALL ORDER BY clustering, level, cluster_id LIMIT 20"))',
+            ),
+            (
+                "The co-occurrence graphs as GraphML (open them in Gephi or Cytoscape).",
+                'if "motif-bags" in pass_names():\n'
+                "    from exokiratory.passes.synthesis.step import graphml_paths\n\n"
+                "    for path in graphml_paths(ws.storage):\n"
+                "        print(ws.storage.path(path))",
+            ),
+        ],
+    ),
+    "08_generative_probing": notebook(
+        "exokiratory 08: generative probing (PASS 8)",
+        "What the dataset affords a generative model: Stable Diffusion 1.5 img2img on the "
+        "cluster exemplars at a ladder of strengths with fixed seeds, and ControlNet on their "
+        "depth maps (PASS 6) and Canny edges; every generation is stored as image bytes inside "
+        "the Parquet rows (no file per image on Drive) and re-embedded with the CLIP and DINOv2 "
+        "models of PASS 1. Then: style stability (does a generation stay in its exemplar's "
+        "cluster?), holes in the manifold (generations farther from every real image than the "
+        "real images are from each other) and fragile motifs. Needs a GPU (a T4 is enough: fp16 "
+        "and model CPU offload); runs after notebooks 02 and 06 (clusters, depth), and uses the "
+        "captions of notebook 05 as prompts where they exist. `tiny` is random-weight plumbing.",
+        'MODEL = "lite"          # lite = full = SD 1.5 + ControlNet v1.1; tiny (random weights)\n'
+        "EXEMPLARS = 16          # exemplars probed, largest clusters first\n"
+        "STRENGTHS = [0.25, 0.5, 0.75, 0.9]\n"
+        "SEEDS = [0, 1]\n"
+        "SIZE = 512              # side of the generations, px\n"
+        "STEPS = 30              # denoising steps (img2img runs strength x STEPS of them)\n"
+        "LIMIT = None            # generations per run (None: all)",
+        [
+            (
+                "Generate and re-embed (writes `genprobe/outputs/`), then derive the measures "
+                "(`genprobe/measures/`).",
+                "from exokiratory.api.colab import configure\n"
+                "from exokiratory.engine.registry import pass_names\n\n"
+                'if "genprobe" not in pass_names():\n'
+                '    print("this version of exokiratory has no genprobe pass")\n'
+                "else:\n"
+                "    ws = configure(\n"
+                '        ws, "genprobe", model=MODEL, controlnet_depth=MODEL, controlnet_canny=MODEL,\n'
+                "        max_exemplars=EXEMPLARS, strengths=STRENGTHS, seeds=SEEDS, size=SIZE,\n"
+                "        steps=STEPS,\n"
+                "    )\n"
+                '    for r in ws.run(["genprobe", "genprobe-measures"], limit=LIMIT):\n'
+                "        print(r.summary())\n"
+                '    print(ws.df("SELECT conditioning, count(*) AS n, count(error) AS errors, '
+                "any_value(model_id) AS model FROM genprobe_outputs GROUP BY ALL\"))",
+            ),
+            (
+                "The stability curve (mean fraction of generations that stay in the exemplar's "
+                "cluster, per strength), the holes and the fragile motifs.",
+                'if "genprobe" in pass_names():\n'
+                '    print(ws.df("SELECT space, conditioning, strength, avg(stability_score) AS '
+                'stability, avg(hole_fraction) AS holes FROM genprobe_stability GROUP BY ALL '
+                'ORDER BY ALL"))\n'
+                '    print(ws.df("SELECT gen_id, space, hole_score FROM genprobe_holes WHERE is_hole '
+                'ORDER BY hole_score DESC LIMIT 10"))\n'
+                '    print(ws.df("SELECT image_id, space, conditioning, strength, motif_cluster_id, '
+                "fragility_score FROM genprobe_fragile WHERE is_fragile "
+                'ORDER BY fragility_score DESC LIMIT 10"))',
+            ),
+            (
+                "Reconstruction outliers (perturb, map back, measure) next to the embedding "
+                "outlier scores of PASS 2, and one generation shown inline (bytes from the table).",
+                'if "genprobe" in pass_names():\n'
+                '    print(ws.df("SELECT image_id, space, conditioning, reconstruction_distance, '
+                "reconstruction_outlier_score, embedding_outlier_score FROM genprobe_exemplars "
+                'ORDER BY reconstruction_outlier_score DESC NULLS LAST LIMIT 10"))\n'
+                "    import io\n\n"
+                "    from PIL import Image\n\n"
+                '    rows = ws.sql("SELECT image FROM genprobe_outputs WHERE image IS NOT NULL '
+                'LIMIT 1").to_pylist()\n'
+                "    if rows:\n"
+                '        display(Image.open(io.BytesIO(rows[0]["image"])))  # noqa: F821',
+            ),
+        ],
+    ),
 }
+
+
+def keep_cell_ids(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Reuse the cell ids of the notebook already at ``path`` for unchanged cells (nbformat
+    draws new random ids each time), so that regenerating leaves unchanged notebooks
+    byte-identical."""
+    if not path.exists():
+        return
+    old = nbformat.read(path, as_version=4)
+    for new_cell, old_cell in zip(nb.cells, old.cells, strict=False):
+        same = (new_cell.cell_type, new_cell.source) == (old_cell.cell_type, old_cell.source)
+        if same and "id" in old_cell:
+            new_cell["id"] = old_cell["id"]
 
 
 def main() -> None:
     for name, nb in NOTEBOOKS.items():
+        keep_cell_ids(nb, HERE / f"{name}.ipynb")
         nbformat.validate(nb)
         nbformat.write(nb, HERE / f"{name}.ipynb")
 

@@ -34,6 +34,11 @@ PARAMETERS = {
     "04_report": 'NAME = "notebook"\nSAMPLE = 100',
     "05_captions": 'MODEL = "tiny"\nBUDGET = 6\nLIMIT = None',
     "06_secondary_semantics": 'MODEL = "tiny"\nLIMIT = None\nSEARCH = "cat"',
+    "07_synthesis": "N_SHUFFLES = 5\nMIN_UNITS = 3",
+    "08_generative_probing": (
+        'MODEL = "tiny"\nEXEMPLARS = 1\nSTRENGTHS = [0.5]\nSEEDS = [0]\nSIZE = 32\nSTEPS = 2\n'
+        "LIMIT = None"
+    ),
 }
 
 #: notebook -> files it must leave in the workspace
@@ -45,6 +50,8 @@ OUTPUTS = {
     "04_report": ["reports/notebook.html"],
     "05_captions": ["captions/selection/CURRENT.json", "captions/factual/tiny-caption"],
     "06_secondary_semantics": ["semantics/depth/v1-tiny-depth"],
+    "07_synthesis": ["synthesis/motif_bags/CURRENT.json", "synthesis/agreement/CURRENT.json"],
+    "08_generative_probing": ["genprobe/outputs", "genprobe/measures/CURRENT.json"],
 }
 
 

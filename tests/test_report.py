@@ -218,8 +218,17 @@ def test_stop_panel_shows_the_numbers_of_the_stop_command(built: tuple[Workspace
     assert "clusters-clip" in triggers and "clusters-dino" in triggers
 
 
-def test_second_build_compares_with_the_previous_snapshot(built: tuple[Workspace, str]) -> None:
-    ws, _ = built
+def test_second_build_compares_with_the_previous_snapshot(
+    built: tuple[Workspace, str], tmp_path: Path
+) -> None:
+    # a copy of the module's workspace and sources: this test adds an image and reruns
+    shared, _ = built
+    src = Path(shared.config.sources[0].path)
+    shutil.copytree(src, tmp_path / "src")
+    shutil.copytree(shared.storage.root, tmp_path / "ws")
+    config = tmp_path / "ws" / "exokiratory.yaml"
+    config.write_text(config.read_text("utf-8").replace(str(src), str(tmp_path / "src")), "utf-8")
+    ws = Workspace(tmp_path / "ws")
     before = list_snapshots(ws.storage)
     again = Path(str(ws.report("diag", progress=False).local_path)).read_text("utf-8")
     assert list_snapshots(ws.storage) == before  # unchanged structure: no new snapshot

@@ -335,6 +335,53 @@ def report(
 
 
 @app.command()
+def stop(
+    workspace: WorkspaceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Is another pass worth running? Four criteria (topology, segments, language, outliers)
+    with numbers, thresholds and states, and a verdict: stop, or the pass to run and why."""
+    result = _open(workspace).stop()
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+        return
+    table = Table("criterion", "value", "threshold", "state", "why")
+    for row in result.rows():
+        table.add_row(*(escape(v) for v in row.values()))
+    out.print(table)
+    v = result.verdict
+    out.print(f"[bold]{v.decision}[/bold]" + (f": run {v.run}" if v.run else ""))
+    out.print(escape(v.why), soft_wrap=True)
+
+
+@app.command()
+def compact(
+    passes: Annotated[
+        list[str] | None, typer.Argument(help="Passes whose outputs to compact (default: all).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    target_mb: Annotated[
+        int | None, typer.Option(help="Size of a compacted part (default run.compact_target_mb).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Rewrite many small part files as few large ones, with the same rows (safe to kill and
+    rerun; readers see the same tables throughout). Runs by itself after a run that leaves a
+    dataset with run.compact_min_parts small parts."""
+    ws = _open(workspace)
+    results = ws.compact(passes or None, target_mb=target_mb)
+    if as_json:
+        out.print_json(json.dumps([r.__dict__ for r in results]))
+        return
+    for r in results:
+        if r.parts_before:
+            out.print(r.summary(), soft_wrap=True)
+    before = sum(r.parts_before for r in results)
+    after = sum(r.parts_after for r in results)
+    out.print(f"compacted: {before} -> {after} part files")
+
+
+@app.command()
 def demo(
     workspace: Annotated[
         Path | None, typer.Argument(help="Where to build the demo workspace.")

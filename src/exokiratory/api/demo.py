@@ -19,7 +19,8 @@ DEMO_MARKER = ".exokiratory-demo"
 TINY_NOTE = (
     "embeddings, segments, zero-shot scores, captions, depth maps and detections in this demo "
     "come from the 'tiny' profile: RANDOM-WEIGHT models of the real CLIP / DINOv2 / SAM / "
-    "BLIP-2 / LLaVA / Depth Anything / OWLv2 architectures (no download; OCR uses its real "
+    "BLIP-2 / LLaVA / Depth Anything / OWLv2 / Stable Diffusion + ControlNet architectures "
+    "(no download; the genprobe generations are random-weight plumbing; OCR uses its real "
     "shipped models). They exercise the plumbing and mean nothing (no semantic "
     "flags are drawn from them, the captions are gibberish); set "
     "passes.<pass>.model to 'lite' or 'full' for real ones."
@@ -38,6 +39,9 @@ DEMO_MODEL_PASSES: dict[str, dict[str, object]] = {
         "pred_iou_thresh": 0.0,
         "stability_score_thresh": 0.0,
         "max_masks_per_image": 8,
+        # no box NMS: random-weight SAM's masks overlap, and NMS would keep one per image;
+        # PASS 7's motif co-occurrence needs several segments per image
+        "box_nms_thresh": 1.0,
     },
     "segment-embed-clip": {"model": "tiny"},
     "segment-embed-dino": {"model": "tiny"},
@@ -51,6 +55,21 @@ DEMO_MODEL_PASSES: dict[str, dict[str, object]] = {
     "ocr": {"max_side": 1000},
     "depth": {"model": "tiny"},
     "detect": {"model": "tiny"},
+    # PASS 7 (derivations): smaller minimum group sizes for the demo's few captioned images
+    "motif-bags": {"min_group_images": 5},
+    "structure-agreement": {"min_units": 5, "min_captions": 2},
+    # PASS 8: generative probing with tiny random-weight SD / ControlNet pipelines (32 px, 2
+    # steps; exemplars without a depth map get error rows saying so)
+    "genprobe": {
+        "model": "tiny",
+        "controlnet_depth": "tiny",
+        "controlnet_canny": "tiny",
+        "max_exemplars": 4,
+        "strengths": [0.5, 0.9],
+        "seeds": [0],
+        "size": 32,
+        "steps": 2,
+    },
 }
 
 

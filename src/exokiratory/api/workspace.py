@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from exokiratory.api.status import WorkspaceStatus, workspace_status
 from exokiratory.core.catalog import Catalog
+from exokiratory.core.compact import CompactResult, CompactRule, compact_dataset
 from exokiratory.core.config import (
     ConfigError,
     RunConfig,
@@ -25,6 +26,7 @@ from exokiratory.core.config import (
 from exokiratory.core.layout import CONFIG_FILE, DIRECTORIES, IMAGES
 from exokiratory.core.storage import Storage
 from exokiratory.engine import registry
+from exokiratory.engine.compaction import MANIFEST_RULES, compaction_rules, pass_rule
 from exokiratory.engine.derive import DeriveReport, run_derivation
 from exokiratory.engine.executors import make_executor
 from exokiratory.engine.run import RunReport, run_pass
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from exokiratory.models.registry import ModelSpec
     from exokiratory.passes.embed.step import EmbedPass
     from exokiratory.passes.sample.sampler import SampleResult
+    from exokiratory.passes.stop.snapshot import Recorder
+    from exokiratory.passes.stop.verdict import StopResult
     from exokiratory.report import ReportResult
     from exokiratory.search.indices import IndexReport
 
@@ -177,7 +181,43 @@ class Workspace:
     # -- verbs -------------------------------------------------------------------------------
     def scan(self, *, progress: bool | None = None, force: bool = False) -> ScanReport:
         """PASS 0: register new and changed files, mark vanished ones missing."""
-        return Scanner(self.storage, self.config, progress=progress, force_lock=force).run()
+        report = Scanner(self.storage, self.config, progress=progress, force_lock=force).run()
+        self._auto_compact(MANIFEST_RULES)
+        return report
+
+    def compact(
+        self,
+        passes: Sequence[str] | None = None,
+        *,
+        target_mb: int | None = None,
+        min_parts: int = 2,
+    ) -> list[CompactResult]:
+        """Rewrite the small parts of the manifest and of every pass output (or of ``passes``)
+        as few large ones, with the same rows (kill-safe: see ``core.compact``)."""
+        steps = self.passes(registry.expand(list(passes)) if passes else None)  # bound steps
+        rules = compaction_rules(steps)
+        if passes:  # the named passes only
+            rules = [r for r in rules if r not in MANIFEST_RULES]
+        target = (target_mb or self.config.run.compact_target_mb) * 1024 * 1024
+        return [
+            compact_dataset(self.storage, r, target_bytes=target, min_parts=min_parts)
+            for r in rules
+        ]
+
+    def _auto_compact(self, rules: Sequence[CompactRule]) -> None:
+        """After a run: compact the datasets that have many small parts (``run.compact_*``)."""
+        rc = self.config.run
+        if rc.compact_min_parts == 0:
+            return
+        for rule in rules:
+            res = compact_dataset(
+                self.storage,
+                rule,
+                target_bytes=rc.compact_target_mb * 1024 * 1024,
+                min_parts=max(2, rc.compact_min_parts),
+            )
+            if res.parts_after != res.parts_before:
+                log.info("compacted %s", res.summary())
 
     def run(
         self,
@@ -213,6 +253,7 @@ class Workspace:
         if all_images:
             for step in steps:
                 step.route_all_images()
+        history = self._structure_recorder()  # snapshots for `stop` after structural steps
         for p in steps:
             missing = p.missing_requirement()
             if missing is not None:
@@ -222,6 +263,7 @@ class Workspace:
                 continue
             if isinstance(p, Derivation):
                 reports.append(run_derivation(p, self.storage, self.catalog))
+                history.after(p.name, reports[-1])
                 continue
             if not isinstance(p, Pass):
                 raise TypeError(f"{p.name}: a step is a Pass or a Derivation")
@@ -245,14 +287,25 @@ class Workspace:
             )
             log.debug("%s", rep.summary())
             reports.append(rep)
+            history.after(p.name, rep)
+            if rep.processed:  # before the derivations that read it fingerprint its listing
+                self._auto_compact([pass_rule(p)])
             if p.resources is Resource.GPU and ex.name == "local":
                 release_models()
         if not explicit:
-            reports.extend(self._refresh_derivations(steps, reports))
+            reports.extend(self._refresh_derivations(steps, reports, history))
         return reports
 
+    def _structure_recorder(self) -> Recorder:
+        from exokiratory.passes.stop.snapshot import Recorder
+
+        return Recorder(self.storage, self.catalog, self.config.passes.get("stop"))
+
     def _refresh_derivations(
-        self, steps: Sequence[Step[Any]], reports: Sequence[RunReport | DeriveReport]
+        self,
+        steps: Sequence[Step[Any]],
+        reports: Sequence[RunReport | DeriveReport],
+        history: Recorder | None = None,
     ) -> list[DeriveReport]:
         """Re-derive what later steps changed the inputs of (the flags read the embeddings
         that ran after them), following the registry's graph: every derivation downstream of a
@@ -266,6 +319,8 @@ class Workspace:
             if d is None or d.missing_requirement():
                 continue
             rep = run_derivation(d, self.storage, self.catalog)
+            if history is not None:
+                history.after(name, rep)
             if not rep.up_to_date:
                 out.append(rep)
         return out
@@ -399,6 +454,23 @@ class Workspace:
         passes = self.passes()
         with self.catalog(passes) as cat:
             return workspace_status(cat, passes)
+
+    def stop(self, *, record: bool = True) -> StopResult:
+        """The stop condition, measured: four criteria (topology, segments, language,
+        outliers) with numbers, thresholds (``passes.stop``) and states, and a verdict: stop,
+        or the pass to run next and why (see :mod:`exokiratory.passes.stop`). ``record``:
+        first record the current structure if it differs from the newest snapshot."""
+        from exokiratory.passes.stop.verdict import measure, pending_passes
+
+        passes = self.passes()
+        with self.catalog(passes) as cat:
+            pending = pending_passes(workspace_status(cat, passes))
+            return measure(
+                self.storage,
+                self.config.passes.get("stop"),
+                catalog=cat if record else None,
+                pending=pending,
+            )
 
     def report(
         self,
@@ -539,6 +611,7 @@ def release_models() -> None:
         "exokiratory.models.captioner",
         "exokiratory.models.depth",
         "exokiratory.models.detect",
+        "exokiratory.models.diffusion",
     ):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "clear_cache"):

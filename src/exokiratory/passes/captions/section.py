@@ -119,7 +119,7 @@ class Captions:
     nav="captions",
     order=75,
     template="captions.html.j2",
-    needs=("caption*",),
+    needs=("captions*", "caption_selection", "caption_embeddings"),
 )
 def gather_captions(ctx: SectionContext) -> Captions | None:
     t = ctx.tables

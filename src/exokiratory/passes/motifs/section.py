@@ -114,7 +114,7 @@ class Motifs:
     nav="segments",
     order=70,
     template="motifs.html.j2",
-    needs=("segment*", "motif*"),
+    needs=("segment*", "motifs*"),
 )
 def gather_motifs(ctx: SectionContext) -> Motifs | None:
     p = ctx.params
