@@ -55,11 +55,11 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, cast
 
 import fsspec
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from exokiratory.core.paths import from_stored
 from exokiratory.engine.threads import in_threads
@@ -100,6 +100,21 @@ class PassParams(BaseModel):
     """Parameters of a pass, from ``passes.<name>`` in the workspace config. Strict."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: the embedding spaces a step can read (global and segment embeddings, clusters, motifs)
+EMBEDDING_SPACES = ("clip", "dino")
+
+
+def _known_spaces(v: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [s for s in v if s not in EMBEDDING_SPACES]
+    if bad:
+        raise ValueError(f"unknown space(s) {bad}; use clip and/or dino")
+    return v
+
+
+#: a parameter naming embedding spaces (``clip``, ``dino``); anything else is an error naming it
+Spaces = Annotated[tuple[str, ...], AfterValidator(_known_spaces)]
 
 
 class RoutedParams(PassParams):

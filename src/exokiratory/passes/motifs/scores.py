@@ -44,10 +44,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from exokiratory.core.robust import MAD_TO_SIGMA, robust_z
-from exokiratory.engine.step import PassParams
+from exokiratory.engine.step import PassParams, Spaces
 from exokiratory.search.clustering import (
     KMeansResult,
     choose_k,
@@ -60,7 +60,7 @@ MIN_SCALE = 0.01
 
 
 class MotifsParams(PassParams):
-    spaces: tuple[str, ...] = Field(
+    spaces: Spaces = Field(
         ("clip", "dino"), description="segment embedding spaces to cluster (those present)"
     )
     target_cluster_size: int = Field(50, ge=2, description="segments per cluster, on average")
@@ -78,14 +78,6 @@ class MotifsParams(PassParams):
     rare_relative_size: float = Field(0.2, ge=0.0, le=1.0)
     robust_min_size: int = Field(5, ge=2)
     outlier_z: float = Field(3.5, gt=0.0)
-
-    @field_validator("spaces")
-    @classmethod
-    def _known_spaces(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [s for s in v if s not in ("clip", "dino")]
-        if bad:
-            raise ValueError(f"unknown space(s) {bad}; use clip and/or dino")
-        return v
 
     @model_validator(mode="after")
     def _some_weight(self) -> MotifsParams:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from exokiratory.engine.step import PassParams
+from exokiratory.engine.step import PassParams, Spaces
 from exokiratory.passes.synthesis.bags import Bags, SegmentMotifs, bag_clusters, motif_bags, shares
 from exokiratory.passes.synthesis.base import Notes, has_column, has_rows
 from exokiratory.passes.synthesis.communities import Communities, find_communities, graphml
@@ -42,7 +42,7 @@ IMAGE_CLUSTER_VIEWS = ("clusters_clip", "clusters_dino")
 
 
 class MotifBagsParams(PassParams):
-    spaces: tuple[str, ...] = Field(("clip", "dino"), description="motif spaces (those present)")
+    spaces: Spaces = Field(("clip", "dino"), description="motif spaces (those present)")
     min_group_images: int = Field(10, ge=1, description="motif_frequency: smallest image cluster")
     min_motif_images: int = Field(
         5, ge=1, description="graph: motifs held by fewer images left out"
@@ -60,14 +60,6 @@ class MotifBagsParams(PassParams):
     svd_dims: int = Field(64, ge=2, le=1024, description="TF-IDF dimensions kept before k-means")
     niter: int = Field(25, ge=1, le=1000)
     seed: int = 0
-
-    @field_validator("spaces")
-    @classmethod
-    def _known_spaces(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [s for s in v if s not in ("clip", "dino")]
-        if bad:
-            raise ValueError(f"unknown space(s) {bad}; use clip and/or dino")
-        return v
 
 
 @dataclass(frozen=True)
