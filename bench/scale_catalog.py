@@ -33,7 +33,9 @@ MANIFEST_BATCH = 2000
 PASS_BATCH = 256
 
 
-def _column(field: pa.Field, n: int, start: int, rng: np.random.Generator) -> pa.Array:
+def _column(
+    field: pa.Field, n: int, start: int, rng: np.random.Generator, images: bool = False
+) -> pa.Array:
     t = field.type
     name = field.name
     if name == "image_id":
@@ -42,8 +44,8 @@ def _column(field: pa.Field, n: int, start: int, rng: np.random.Generator) -> pa
         return pa.array(np.arange(start, start + n), t)
     if name == "error":
         return pa.nulls(n, t)
-    if name == "status":
-        return pa.array(["image"] * n, t)
+    if name == "status":  # a readable image; a path that is an image
+        return pa.array(["ok" if images else "image"] * n, t)
     if name in ("path", "first_path"):
         return pa.array([f"/data/img/{i // 1000:05d}/{i:09d}.jpg" for i in range(start, start + n)])
     if pa.types.is_boolean(t):
@@ -68,7 +70,8 @@ def _column(field: pa.Field, n: int, start: int, rng: np.random.Generator) -> pa
 
 
 def _table(schema: pa.Schema, n: int, start: int, rng: np.random.Generator) -> pa.Table:
-    return pa.table({f.name: _column(f, n, start, rng) for f in schema}, schema=schema)
+    images = schema is IMAGES_SCHEMA
+    return pa.table({f.name: _column(f, n, start, rng, images) for f in schema}, schema=schema)
 
 
 def build(root: Path, n: int) -> Workspace:
@@ -113,9 +116,11 @@ elif op == "plan":
     (p,) = ws.passes(["sense"])
     with ws.catalog(ws.passes()) as cat:
         pl = plan(p, cat, batch_size=256)
-    assert pl.todo.num_rows == 0, pl.todo.num_rows
+    assert pl.todo.num_rows == 0 and pl.done == pl.wanted > 0, (pl.wanted, pl.done)
 elif op == "status":
-    ws.status()
+    st = ws.status()
+    sense = [p for p in st.passes if p.name == "sense"][0]
+    assert sense.done == sense.wanted > 0, (sense.done, sense.wanted)
 elif op == "compact":
     ws.compact()
 s = time.perf_counter() - t

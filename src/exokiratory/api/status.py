@@ -83,6 +83,12 @@ def _counts(cat: Catalog, sql: str) -> dict[str, int]:
 def workspace_status(
     cat: Catalog, passes: Sequence[Step[Any]], n_errors: int = 5
 ) -> WorkspaceStatus:
+    # every pass's units read the manifest views: compute them once for the whole status
+    with cat.materialized(["paths", "images"]):
+        return _workspace_status(cat, passes, n_errors)
+
+
+def _workspace_status(cat: Catalog, passes: Sequence[Step[Any]], n_errors: int) -> WorkspaceStatus:
     images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
     paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
     dup_paths = int(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -118,6 +119,7 @@ class Catalog:
             self.con.register_filesystem(storage.fs)
         self.views: list[str] = []
         self._recorded: list[tuple[str, pa.Table]] | None = None
+        self._view_sql: dict[str, str] = {}
         self._define_manifest_views()
         self._define_jobs_view()
         define_sample_views(self)  # named samples (samples/<name>/), when any exist
@@ -144,8 +146,29 @@ class Catalog:
 
     def _view(self, name: str, sql: str) -> None:
         self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
+        self._view_sql[name] = sql
         if name not in self.views:
             self.views.append(name)
+
+    @contextmanager
+    def materialized(self, names: Sequence[str]) -> Iterator[None]:
+        """Within the block, the views ``names`` (in this order) read a copy computed once:
+        for callers that query a costly view many times (``status`` evaluates ``images`` for
+        every pass). The views are restored afterwards; others defined on them follow."""
+        done: list[str] = []
+        try:
+            for name in names:
+                if name not in self._view_sql:
+                    continue
+                table = f"_materialized_{name}"
+                self.rows(f'CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM "{name}"')
+                self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {table}')
+                done.append(name)
+            yield
+        finally:
+            for name in reversed(done):
+                self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {self._view_sql[name]}')
+                self.rows(f"DROP TABLE IF EXISTS _materialized_{name}")
 
     # -- views -------------------------------------------------------------------------------
     def _define_manifest_views(self) -> None:
