@@ -207,6 +207,33 @@ def test_init_and_control_images(tmp_path: Path) -> None:
 
 
 # -- the tiny pipeline ---------------------------------------------------------------------------
+def test_a_controlnet_keeps_the_probe_dtype(tmp_path: Path) -> None:
+    """ControlNet pipelines share the base pipeline's models: adding one must not cast them
+    (diffusers' from_pipe casts every shared component to float32 unless told the dtype; a
+    float16 CUDA probe ran in float32 until a GPU run showed it)."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from exokiratory.models.diffusion import DiffusionProbe, load_controlnet
+    from exokiratory.models.tiny_diffusion import build_tiny_diffusion
+
+    build_tiny_diffusion(tmp_path / "pipe")
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        str(tmp_path / "pipe"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        torch_dtype=torch.float16,
+    )
+    probe = DiffusionProbe(resolve("diffusion", "tiny"), pipe, "cpu", torch.float16, False)
+    control = load_controlnet(resolve("controlnet-canny", "tiny"), tmp_path, "cpu").half()
+    probe.add_controlnet("canny", control)
+    canny = probe._control["canny"]
+    assert {pipe.unet.dtype, pipe.vae.dtype, canny.unet.dtype, canny.controlnet.dtype} == {
+        torch.float16
+    }
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_is_seeded_and_controlnets_condition(tmp_path: Path) -> None:
     from exokiratory.models.diffusion import (

@@ -118,7 +118,13 @@ class DiffusionProbe:
             return
         from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-        pipe = StableDiffusionControlNetImg2ImgPipeline.from_pipe(self.pipe, controlnet=controlnet)
+        # the dtype must be given: without it from_pipe casts every shared component (the base
+        # pipeline's too) to float32, and a float16 CUDA probe silently ran in float32
+        pipe = _quietly(
+            lambda: StableDiffusionControlNetImg2ImgPipeline.from_pipe(
+                self.pipe, controlnet=controlnet, torch_dtype=self.dtype
+            )
+        )
         pipe.set_progress_bar_config(disable=True)
         self._control[kind] = pipe
 
