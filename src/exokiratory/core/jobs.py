@@ -126,8 +126,9 @@ class JobLog:
 
 def recover_jobs(storage: Storage, pass_name: str, pass_version: str, output_rel: str) -> int:
     """Append a record for each part of ``output_rel`` that the jobs log does not name (its run
-    was killed before it flushed); returns how many. Reads the log's ``batch`` column and only
-    those parts' ``error`` column; writes one log part, named by its content (a kill and a
+    was killed before it flushed); returns how many. Reads the log's ``batch`` column, the
+    ``error`` column of the parts it does not name, and the ``_origin`` column of compacted
+    parts; writes one log part, named by its content (a kill and a
     rerun write the same file)."""
     parts = storage.list_files(output_rel, ".parquet")
     if not parts:
@@ -136,6 +137,8 @@ def recover_jobs(storage: Storage, pass_name: str, pass_version: str, output_rel
     rows: list[dict[str, object]] = []
     missing = []
     for rel in parts:
+        if not is_compacted(rel) and rel.rsplit("/", 1)[-1] in known:
+            continue  # logged: nothing to read (the common case, on every run's start)
         for batch, n_units, n_errors in _batches_of(storage, rel):
             if batch not in known:  # batch = the name of the part it was written in
                 missing.append(batch)

@@ -125,13 +125,30 @@ def plan(
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
     query = catalog.units_query(p.units)
+    counts: tuple[int, int, int] | None = None
     if query is not None:  # counted on keys inside DuckDB: nothing to do costs no unit rows
-        wanted_n, n_ok, n_failed = unit_counts(catalog, p, query[0])
+        counts = unit_counts(catalog, p, query[0])
+        wanted_n, n_ok, n_failed = counts
         if wanted_n == n_ok + (0 if retry_errors else n_failed):
             return Plan(p.name, wanted_n, n_ok, n_failed, query[1], batch_size, retry_errors)
     wanted = p.units(catalog)
-    keys = list(p.units_key)
-    done = catalog.query(f'SELECT {", ".join(keys)}, error FROM "{p.done_view}"')
+    done = catalog.query(f'SELECT {", ".join(p.units_key)}, error FROM "{p.done_view}"')
+    todo, n_ok, n_failed = _anti_join(wanted, done, list(p.units_key), retry_errors, counts)
+    if limit is not None:
+        todo = todo.slice(0, limit)
+    size = balanced_batch_size(todo.num_rows, batch_size, workers)
+    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size, retry_errors)
+
+
+def _anti_join(
+    wanted: pa.Table,
+    done: pa.Table,
+    keys: list[str],
+    retry_errors: bool,
+    counts: tuple[int, int, int] | None,
+) -> tuple[pa.Table, int, int]:
+    """The units of ``wanted`` not in ``done`` (errored ones too with ``retry_errors``), in
+    ``wanted``'s order, with the done and failed counts (``counts`` when already known)."""
     con = duckdb.connect()
     try:
         con.register(
@@ -146,14 +163,13 @@ def plan(
                 WHERE NOT EXISTS (SELECT 1 FROM done d WHERE {on}{skip}) ORDER BY w._ord"""
             )
         )
-        counts = con.execute(
-            f"""SELECT count(*) FILTER (WHERE d.error IS NULL), count(*) FILTER (WHERE d.error IS NOT NULL)
+        if counts is not None:
+            return todo, counts[1], counts[2]
+        r = con.execute(
+            f"""SELECT count(*) FILTER (WHERE d.error IS NULL),
+                       count(*) FILTER (WHERE d.error IS NOT NULL)
                 FROM wanted w JOIN done d ON {on}"""
         ).fetchone()
     finally:
         con.close()
-    n_ok, n_failed = (int(counts[0]), int(counts[1])) if counts else (0, 0)
-    if limit is not None:
-        todo = todo.slice(0, limit)
-    size = balanced_batch_size(todo.num_rows, batch_size, workers)
-    return Plan(p.name, wanted.num_rows, n_ok, n_failed, todo, size, retry_errors)
+    return todo, (int(r[0]) if r else 0), (int(r[1]) if r else 0)

@@ -9,9 +9,9 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from exokiratory.models.registry import ModelSpec
@@ -154,10 +154,16 @@ def load_through_cache(
     *,
     build_tiny: Callable[[Path], object] | None = None,
     use_cache: bool = True,
+    roles: Collection[str] = (),
 ) -> T:
     """The model for ``spec`` on ``device`` (``auto`` resolved), loaded once per process:
-    ``load(source, cache_dir, device)`` runs on a cache miss (see :func:`model_source`)."""
+    ``load(source, cache_dir, device)`` runs on a cache miss (see :func:`model_source`).
+    ``roles``: the model roles this loader serves; a spec of another role is an error."""
     from exokiratory.models.device import pick_device
+
+    if roles and spec.role not in roles:
+        wanted = " or ".join(repr(r) for r in roles)
+        raise ValueError(f"a {wanted} model spec is needed here, got a {spec.role!r} one")
 
     quiet_libraries()
     resolved = pick_device(device)
@@ -167,3 +173,21 @@ def load_through_cache(
     return cache.get_or_load(
         (spec, resolved, source), lambda: load(source, folder, resolved), use_cache
     )
+
+
+C = TypeVar("C")
+
+
+def pretrained_class(
+    spec: ModelSpec, source: str, cache_dir: Path, classes: Mapping[str, C], what: str
+) -> tuple[C, dict[str, Any]]:
+    """The model class for the checkpoint at ``source`` (by its config's ``model_type``) and the
+    ``from_pretrained`` keyword arguments (revision, cache folder); a checkpoint of another
+    type is an error naming it (``what``: what was expected, e.g. "OWLv2")."""
+    from transformers import AutoConfig
+
+    common: dict[str, Any] = {"revision": spec.revision, "cache_dir": str(cache_dir)}
+    model_type = AutoConfig.from_pretrained(source, **common).model_type
+    if model_type not in classes:
+        raise ValueError(f"{spec.model_id!r} is a {model_type!r} checkpoint, not {what}")
+    return classes[model_type], common

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.cache import ModelCache, load_through_cache, pretrained_class
 from exokiratory.models.device import pick_dtype, run_with_oom_backoff
 from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
@@ -149,8 +149,6 @@ def load_depth_estimator(
     spec: ModelSpec, cache_dir: str | Path, device: str = "auto", *, use_cache: bool = True
 ) -> DepthEstimator:
     """Load (or reuse) the depth estimator for ``spec`` on ``device``."""
-    if spec.role != "depth":
-        raise ValueError(f"load_depth_estimator needs a 'depth' model spec, got {spec.role!r}")
     return load_through_cache(
         _CACHE,
         spec,
@@ -159,6 +157,7 @@ def load_depth_estimator(
         lambda source, folder, dev: _load(spec, source, folder, dev),
         build_tiny=build_tiny_depth,
         use_cache=use_cache,
+        roles=("depth",),
     )
 
 
@@ -168,16 +167,17 @@ def clear_cache() -> None:
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> DepthEstimator:
-    from transformers import AutoConfig, DepthAnythingForDepthEstimation
+    from transformers import DepthAnythingForDepthEstimation
 
     dtype = pick_dtype(device)
-    common: dict[str, Any] = {"revision": spec.revision, "cache_dir": str(cache_dir)}
-    config = AutoConfig.from_pretrained(source, **common)
-    if config.model_type != "depth_anything":
-        raise ValueError(
-            f"{spec.model_id!r} is a {config.model_type!r} checkpoint, not Depth Anything"
-        )
-    model = DepthAnythingForDepthEstimation.from_pretrained(source, **common)
+    cls, common = pretrained_class(
+        spec,
+        source,
+        cache_dir,
+        {"depth_anything": DepthAnythingForDepthEstimation},
+        "Depth Anything",
+    )
+    model = cls.from_pretrained(source, **common)
     model = model.eval().to(device=device, dtype=dtype)
     geometry = DepthInput.from_config(_processor_config(source, common))
     return DepthEstimator(spec, model, geometry, device, dtype)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.cache import ModelCache, load_through_cache, pretrained_class
 from exokiratory.models.device import pick_dtype, run_with_oom_backoff
 from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
@@ -152,8 +152,6 @@ def load_detector(
     spec: ModelSpec, cache_dir: str | Path, device: str = "auto", *, use_cache: bool = True
 ) -> Detector:
     """Load (or reuse) the detector for ``spec`` on ``device``."""
-    if spec.role != "detect":
-        raise ValueError(f"load_detector needs a 'detect' model spec, got {spec.role!r}")
     return load_through_cache(
         _CACHE,
         spec,
@@ -162,6 +160,7 @@ def load_detector(
         lambda source, folder, dev: _load(spec, source, folder, dev),
         build_tiny=build_tiny_owlv2,
         use_cache=use_cache,
+        roles=("detect",),
     )
 
 
@@ -171,14 +170,13 @@ def clear_cache() -> None:
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> Detector:
-    from transformers import AutoConfig, CLIPTokenizer, Owlv2ForObjectDetection
+    from transformers import CLIPTokenizer, Owlv2ForObjectDetection
 
     dtype = pick_dtype(device)
-    common: dict[str, Any] = {"revision": spec.revision, "cache_dir": str(cache_dir)}
-    config = AutoConfig.from_pretrained(source, **common)
-    if config.model_type != "owlv2":
-        raise ValueError(f"{spec.model_id!r} is a {config.model_type!r} checkpoint, not OWLv2")
-    model = Owlv2ForObjectDetection.from_pretrained(source, **common)
+    cls, common = pretrained_class(
+        spec, source, cache_dir, {"owlv2": Owlv2ForObjectDetection}, "OWLv2"
+    )
+    model = cls.from_pretrained(source, **common)
     model = model.eval().to(device=device, dtype=dtype)
     tokenizer = CLIPTokenizer.from_pretrained(source, **common)
     geometry = DetectInput.from_config(_processor_config(source, common))

@@ -201,8 +201,6 @@ def load_diffusion(
     use_cache: bool = True,
 ) -> DiffusionProbe:
     """Load (or reuse) the img2img pipeline for ``spec`` on ``device``."""
-    if spec.role != "diffusion":
-        raise ValueError(f"load_diffusion needs a 'diffusion' model spec, got {spec.role!r}")
     from exokiratory.models.tiny_diffusion import build_tiny_diffusion
 
     quiet_diffusers()
@@ -214,6 +212,7 @@ def load_diffusion(
         lambda source, folder, dev: _load_pipe(spec, source, folder, dev, offload),
         build_tiny=build_tiny_diffusion,
         use_cache=use_cache,
+        roles=("diffusion",),
     )
 
 
@@ -222,20 +221,19 @@ def load_controlnet(
 ) -> Any:
     """Load (or reuse) the ControlNet for ``spec`` (role ``controlnet-depth`` / ``-canny``),
     in the device's dtype, on the CPU (the pipeline places it)."""
-    if spec.role not in CONTROL_ROLES.values():
-        raise ValueError(f"load_controlnet needs a ControlNet spec, got role {spec.role!r}")
     from exokiratory.models.tiny_diffusion import build_tiny_controlnet
 
     quiet_diffusers()
-    seed = 1 + list(CONTROL_ROLES.values()).index(spec.role)
+    roles = tuple(CONTROL_ROLES.values())
     return load_through_cache(
         _CONTROLNETS,
         spec,
         cache_dir,
         device,
         lambda source, folder, dev: _load_controlnet(spec, source, folder, dev),
-        build_tiny=lambda path: build_tiny_controlnet(path, seed=seed),
+        build_tiny=lambda path: build_tiny_controlnet(path, seed=1 + roles.index(spec.role)),
         use_cache=use_cache,
+        roles=roles,
     )
 
 

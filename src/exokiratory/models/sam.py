@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from exokiratory.models.cache import ModelCache, load_through_cache
+from exokiratory.models.cache import ModelCache, load_through_cache, pretrained_class
 from exokiratory.models.device import pick_dtype, run_with_oom_backoff
 from exokiratory.models.registry import ModelSpec
 from exokiratory.models.vision import _processor_config
@@ -183,8 +183,6 @@ def load_segmenter(
     spec: ModelSpec, cache_dir: str | Path, device: str = "auto", *, use_cache: bool = True
 ) -> Segmenter:
     """Load (or reuse) the segmenter for ``spec`` on ``device`` (see module docstring)."""
-    if spec.role != "sam":
-        raise ValueError(f"load_segmenter needs a 'sam' model spec, got role {spec.role!r}")
     return load_through_cache(
         _CACHE,
         spec,
@@ -193,6 +191,7 @@ def load_segmenter(
         lambda source, folder, dev: _load(spec, source, folder, dev),
         build_tiny=build_tiny_sam,
         use_cache=use_cache,
+        roles=("sam",),
     )
 
 
@@ -202,17 +201,11 @@ def clear_cache() -> None:
 
 
 def _load(spec: ModelSpec, source: str, cache_dir: Path, device: str) -> Segmenter:
-    from transformers import AutoConfig, Sam2Model, SamModel
+    from transformers import Sam2Model, SamModel
 
     dtype = pick_dtype(device)
-    common: dict[str, Any] = {"revision": spec.revision, "cache_dir": str(cache_dir)}
-    config = AutoConfig.from_pretrained(source, **common)
     classes: dict[str, Any] = {"sam": SamModel, "sam2": Sam2Model}
-    cls = classes.get(config.model_type)
-    if cls is None:
-        raise ValueError(
-            f"{spec.model_id!r} is a {config.model_type!r} checkpoint, not SAM or SAM 2"
-        )
+    cls, common = pretrained_class(spec, source, cache_dir, classes, "SAM or SAM 2")
     model = cls.from_pretrained(source, **common).eval().to(device=device, dtype=dtype)
     geometry = SamInputGeometry.from_config(_processor_config(source, common))
     return Segmenter(spec, model, geometry, device, dtype)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -141,28 +142,29 @@ def model_spec(role: str, params: SelectiveModelParams) -> ModelSpec:
     return spec
 
 
-@register
-class DepthPass(Pass[DepthParams]):
-    name = "depth"
-    dataset = "semantics/depth"
-    version = "v1"
-    stage = 6
+SP = TypeVar("SP", bound=SelectiveModelParams)
+
+
+class _Batched(Protocol):
+    batch_size: int
+
+
+M = TypeVar("M", bound=_Batched)
+
+
+class SelectiveModelPass(Pass[SP]):
+    """A PASS 6 model pass (depth, detection): routed by the flags, in ``run all`` once the
+    config names it, its model loaded through ``load`` with one line saying why it failed."""
+
     resources = Resource.GPU
     reads = ("flags",)
-    Params = DepthParams
-    description = "relative depth (Depth Anything V2) of the routed photographs"
     units_sql = ""  # units(): routed
+    #: the model registry role of the pass's model
+    role: ClassVar[str]
 
     @property
     def spec(self) -> ModelSpec:
-        return model_spec("depth", self.params)
-
-    @property
-    def full_version(self) -> str:
-        return model_version(self.version, self.spec, self.params)
-
-    def output_schema(self) -> pa.Schema:
-        return DEPTH_SCHEMA
+        return model_spec(self.role, self.params)
 
     def in_all(self, configured: bool) -> bool:
         """A model pass: ``run all`` includes it once the config names it."""
@@ -175,21 +177,44 @@ class DepthPass(Pass[DepthParams]):
         p = self.params
         return routed_units(catalog, self.name, p.route, p.routed_only)
 
-    def _estimator(self, ctx: BatchContext) -> DepthEstimator:
-        from exokiratory.models.depth import load_depth_estimator
+    def load_model(self, ctx: BatchContext, load: Callable[[ModelSpec, str, str], M]) -> M:
+        """``load(spec, cache_dir, device)``, its ``batch_size`` set to the configured one;
+        a failure stops the pass (``PassSetupError``) with one line naming the model."""
         from exokiratory.passes.embed.step import cache_dir_for
 
         try:
-            est = load_depth_estimator(
-                self.spec, cache_dir_for(ctx.workspace_url), self.params.device
-            )
+            model = load(self.spec, cache_dir_for(ctx.workspace_url), self.params.device)
         except Exception as exc:
             raise PassSetupError(
-                f"cannot load depth model {self.spec.model_id!r}: {type(exc).__name__}: {exc}. "
-                "Offline? Point passes.depth.model at a local folder, or use 'tiny' for plumbing."
+                f"cannot load {self.name} model {self.spec.model_id!r}: {type(exc).__name__}: "
+                f"{exc}. Offline? Point passes.{self.name}.model at a local folder, or use "
+                "'tiny' for plumbing."
             ) from exc
-        est.batch_size = self.params.forward_batch_size
-        return est
+        model.batch_size = self.params.forward_batch_size
+        return model
+
+
+@register
+class DepthPass(SelectiveModelPass[DepthParams]):
+    name = "depth"
+    dataset = "semantics/depth"
+    version = "v1"
+    stage = 6
+    role = "depth"
+    Params = DepthParams
+    description = "relative depth (Depth Anything V2) of the routed photographs"
+
+    @property
+    def full_version(self) -> str:
+        return model_version(self.version, self.spec, self.params)
+
+    def output_schema(self) -> pa.Schema:
+        return DEPTH_SCHEMA
+
+    def _estimator(self, ctx: BatchContext) -> DepthEstimator:
+        from exokiratory.models.depth import load_depth_estimator
+
+        return self.load_model(ctx, load_depth_estimator)
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
         from exokiratory.passes.depth.stats import depth_summary

@@ -31,21 +31,19 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.engine.registry import register
-from exokiratory.engine.routing import decoded_inputs, routed_units
+from exokiratory.engine.routing import decoded_inputs
 from exokiratory.engine.step import (
-    MODEL_MODULES,
     BatchContext,
-    Pass,
     PassSetupError,
-    Resource,
-    missing_modules,
 )
-from exokiratory.models.registry import ModelSpec
-from exokiratory.passes.depth.step import SelectiveModelParams, model_spec, model_version
+from exokiratory.passes.depth.step import (
+    SelectiveModelParams,
+    SelectiveModelPass,
+    model_version,
+)
 from exokiratory.passes.detect.boxes import Queries, detections
 
 if TYPE_CHECKING:
-    from exokiratory.core.catalog import Catalog
     from exokiratory.core.prompts import PromptRegistry, PromptSet
     from exokiratory.models.detect import Detector
 
@@ -161,21 +159,15 @@ def queries_of(pset: PromptSet) -> Queries:
 
 
 @register
-class DetectPass(Pass[DetectParams]):
+class DetectPass(SelectiveModelPass[DetectParams]):
     name = "detect"
     dataset = "semantics/detect"
     version = "v1"
     stage = 6
-    resources = Resource.GPU
-    reads = ("flags",)
+    role = "detect"
     Params = DetectParams
     description = "open-vocabulary detection (OWLv2) of the routed dense scenes"
-    units_sql = ""  # units(): routed
     _pset: PromptSet | None = None
-
-    @property
-    def spec(self) -> ModelSpec:
-        return model_spec("detect", self.params)
 
     @property
     def prompt_set(self) -> PromptSet:
@@ -200,33 +192,13 @@ class DetectPass(Pass[DetectParams]):
     def output_schema(self) -> pa.Schema:
         return DETECT_SCHEMA
 
-    def in_all(self, configured: bool) -> bool:
-        """A model pass: ``run all`` includes it once the config names it."""
-        return configured
-
-    def missing_requirement(self) -> str | None:
-        return missing_modules(MODEL_MODULES, "ml")
-
-    def units(self, catalog: Catalog) -> pa.Table:
-        p = self.params
-        return routed_units(catalog, self.name, p.route, p.routed_only)
-
     def extra_views(self) -> dict[str, str]:
         return {"detect_counts": counts_sql(self.params.count_threshold)}
 
     def _detector(self, ctx: BatchContext) -> Detector:
         from exokiratory.models.detect import load_detector
-        from exokiratory.passes.embed.step import cache_dir_for
 
-        try:
-            det = load_detector(self.spec, cache_dir_for(ctx.workspace_url), self.params.device)
-        except Exception as exc:
-            raise PassSetupError(
-                f"cannot load detection model {self.spec.model_id!r}: {type(exc).__name__}: "
-                f"{exc}. Offline? Point passes.detect.model at a local folder, or use 'tiny'."
-            ) from exc
-        det.batch_size = self.params.forward_batch_size
-        return det
+        return self.load_model(ctx, load_detector)
 
     def process_batch(self, units: pa.Table, ctx: BatchContext) -> pa.Table:
         from exokiratory.core.prompts import PromptRegistryError

@@ -42,6 +42,9 @@ from pydantic import Field
 
 from exokiratory.engine.step import PassParams
 from exokiratory.passes.synthesis.agreement import (
+    Agreement,
+    Contingency,
+    Mapping,
     agreement_with_baseline,
     contingency,
     mapping,
@@ -211,6 +214,7 @@ def _one(
     params: AgreementParams,
     tiny: dict[str, list[str]],
 ) -> None:
+    """One comparison: its agreement row, contingency cells and cluster mapping."""
     ag = agreement_with_baseline(
         a,
         b,
@@ -222,72 +226,90 @@ def _one(
     mp = mapping(
         cells, split_fraction=params.split_fraction, min_cluster_size=params.min_cluster_size
     )
-    z = (ag.ari - ag.ari_baseline) / max(ag.ari_baseline_std, 1e-6)
     models = sorted(set(tiny.get(left.source, [])) | set(tiny.get(right.source, [])))
-    out.agreement.append(
-        {
-            "comparison_id": cid,
-            "kind": kind,
-            "unit": left.unit,
-            "left_clustering": left.source,
-            "left_level": left.level,
-            "right_clustering": right.source,
-            "right_level": right.level,
-            "n": ag.n,
-            "k_left": ag.k_left,
-            "k_right": ag.k_right,
-            "ari": ag.ari,
-            "ari_baseline": ag.ari_baseline,
-            "ari_baseline_std": ag.ari_baseline_std,
-            "ari_z": z,
-            "ami": ag.ami,
-            "ami_baseline": ag.ami_baseline,
-            "ami_baseline_std": ag.ami_baseline_std,
-            "n_shuffles": params.n_shuffles,
-            "n_split": int(mp.is_split.sum()),
-            "n_merged": int(mp.is_merged.sum()),
-            "is_above_baseline": bool(z >= params.baseline_z),
-            "random_weight_models": ", ".join(models) or None,
-        }
-    )
+    out.agreement.append(_agreement_row(cid, kind, left, right, ag, mp, params, models))
+    out.contingency.append(_contingency_table(cid, kind, cells, params))
+    out.mapping.append(_mapping_table(cid, kind, mp))
+
+
+def _agreement_row(
+    cid: str,
+    kind: str,
+    left: Labeling,
+    right: Labeling,
+    ag: Agreement,
+    mp: Mapping,
+    params: AgreementParams,
+    models: list[str],
+) -> dict[str, Any]:
+    z = (ag.ari - ag.ari_baseline) / max(ag.ari_baseline_std, 1e-6)
+    return {
+        "comparison_id": cid,
+        "kind": kind,
+        "unit": left.unit,
+        "left_clustering": left.source,
+        "left_level": left.level,
+        "right_clustering": right.source,
+        "right_level": right.level,
+        "n": ag.n,
+        "k_left": ag.k_left,
+        "k_right": ag.k_right,
+        "ari": ag.ari,
+        "ari_baseline": ag.ari_baseline,
+        "ari_baseline_std": ag.ari_baseline_std,
+        "ari_z": z,
+        "ami": ag.ami,
+        "ami_baseline": ag.ami_baseline,
+        "ami_baseline_std": ag.ami_baseline_std,
+        "n_shuffles": params.n_shuffles,
+        "n_split": int(mp.is_split.sum()),
+        "n_merged": int(mp.is_merged.sum()),
+        "is_above_baseline": bool(z >= params.baseline_z),
+        "random_weight_models": ", ".join(models) or None,
+    }
+
+
+def _contingency_table(
+    cid: str, kind: str, cells: Contingency, params: AgreementParams
+) -> pa.Table:
+    """The cells of at least ``min_cell`` units between clusters of ``min_cluster_size``."""
     keep = (
         (cells.n >= params.min_cell)
         & (cells.left_size >= params.min_cluster_size)
         & (cells.right_size >= params.min_cluster_size)
     )
     n = int(keep.sum())
-    out.contingency.append(
-        pa.table(
-            {
-                "comparison_id": [cid] * n,
-                "kind": [kind] * n,
-                "left_cluster": cells.left[keep].astype(np.int32),
-                "right_cluster": cells.right[keep].astype(np.int32),
-                "n": cells.n[keep],
-                "left_size": cells.left_size[keep],
-                "right_size": cells.right_size[keep],
-                "left_fraction": (cells.n[keep] / cells.left_size[keep]).astype(np.float32),
-                "right_fraction": (cells.n[keep] / cells.right_size[keep]).astype(np.float32),
-            },
-            schema=CONTINGENCY_SCHEMA,
-        )
+    return pa.table(
+        {
+            "comparison_id": [cid] * n,
+            "kind": [kind] * n,
+            "left_cluster": cells.left[keep].astype(np.int32),
+            "right_cluster": cells.right[keep].astype(np.int32),
+            "n": cells.n[keep],
+            "left_size": cells.left_size[keep],
+            "right_size": cells.right_size[keep],
+            "left_fraction": (cells.n[keep] / cells.left_size[keep]).astype(np.float32),
+            "right_fraction": (cells.n[keep] / cells.right_size[keep]).astype(np.float32),
+        },
+        schema=CONTINGENCY_SCHEMA,
     )
+
+
+def _mapping_table(cid: str, kind: str, mp: Mapping) -> pa.Table:
     m = len(mp.left)
-    out.mapping.append(
-        pa.table(
-            {
-                "comparison_id": [cid] * m,
-                "kind": [kind] * m,
-                "left_cluster": mp.left.astype(np.int32),
-                "left_size": mp.left_size,
-                "best_right_cluster": mp.best_right.astype(np.int32),
-                "best_fraction": mp.best_fraction.astype(np.float32),
-                "n_major": mp.n_major.astype(np.int32),
-                "is_split": mp.is_split,
-                "is_merged": mp.is_merged,
-            },
-            schema=MAPPING_SCHEMA,
-        )
+    return pa.table(
+        {
+            "comparison_id": [cid] * m,
+            "kind": [kind] * m,
+            "left_cluster": mp.left.astype(np.int32),
+            "left_size": mp.left_size,
+            "best_right_cluster": mp.best_right.astype(np.int32),
+            "best_fraction": mp.best_fraction.astype(np.float32),
+            "n_major": mp.n_major.astype(np.int32),
+            "is_split": mp.is_split,
+            "is_merged": mp.is_merged,
+        },
+        schema=MAPPING_SCHEMA,
     )
 
 
