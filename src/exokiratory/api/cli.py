@@ -67,6 +67,12 @@ def run(
         int | None, typer.Option(help="Process at most N units per pass.", min=0)
     ] = None,
     engine: Annotated[str | None, typer.Option(help="local | ray (default: from config).")] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster (host:port) for --engine ray (default: config, RAY_ADDRESS)."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Units per part file.", min=1)] = None,
     retry_errors: Annotated[
@@ -92,6 +98,7 @@ def run(
         batch_size=batch_size,
         retry_errors=retry_errors,
         all_images=all_images,
+        ray_address=ray_address,
     )
     failed = False
     for r in reports:
@@ -172,7 +179,7 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
 ) -> None:
-    """Query the workspace with DuckDB. Views: images, paths, paths_log, jobs, and one per pass."""
+    """Query the workspace with DuckDB. Views: images, paths, paths_log, image_paths, jobs, one per pass."""
     if fmt not in ("table", "csv", "json"):
         raise CliError(f"--format must be table, csv or json, not {fmt!r}")
     ws = _open(workspace)
@@ -242,10 +249,18 @@ def index_build(
     segments: Annotated[
         bool, typer.Option("--segments", help="Index segment embeddings (PASS 4) instead.")
     ] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="local | ray: IVF shards as Ray tasks (default: config).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster for --engine ray (default: RAY_ADDRESS).")
+    ] = None,
 ) -> None:
     """Build or extend indices/<space>.faiss (or segments-<space>.faiss) with its id map and
     metadata."""
     ws = _open(workspace)
+    if engine not in (None, "local", "ray"):
+        raise CliError(f"--engine must be 'local' or 'ray', not {engine!r}")
     with ws.catalog() as cat:
         if segments:
             present = [
@@ -257,7 +272,8 @@ def index_build(
         else:
             present = [s for s in ("clip", "dino") if f"embeddings_{s}" in cat.views]
     for space in spaces or present:
-        out.print(ws.build_index(space, kind, segments=segments).summary(), soft_wrap=True)
+        rep = ws.build_index(space, kind, segments=segments, engine=engine, ray_address=ray_address)
+        out.print(rep.summary(), soft_wrap=True)
 
 
 def _print_hits(hits: pd.DataFrame, fmt: str) -> None:

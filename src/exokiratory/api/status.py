@@ -91,10 +91,8 @@ def workspace_status(
 def _workspace_status(cat: Catalog, passes: Sequence[Step[Any]], n_errors: int) -> WorkspaceStatus:
     images = _counts(cat, "SELECT status, count(*) FROM images GROUP BY status ORDER BY status")
     paths = _counts(cat, "SELECT status, count(*) FROM paths GROUP BY status ORDER BY status")
-    dup_paths = int(
-        cat.scalar("SELECT count(*) - count(DISTINCT image_id) FROM paths WHERE status = 'image'")
-        or 0
-    )
+    # image_paths has one row per image with a present path (a stored copy: no distinct count)
+    dup_paths = paths.get("image", 0) - int(cat.scalar("SELECT count(*) FROM image_paths") or 0)
     last_scan = _last_run(cat, "scan")
     shared: dict[str, str] = {}  # passes that want the same units count them once
     try:

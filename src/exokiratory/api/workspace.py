@@ -30,6 +30,7 @@ from exokiratory.engine.compaction import MANIFEST_RULES, compaction_rules, pass
 from exokiratory.engine.derive import DeriveReport, run_derivation
 from exokiratory.engine.executors import make_executor
 from exokiratory.engine.run import RunReport, run_pass
+from exokiratory.engine.shards import ShardEngine, imap_shards, shard_engine
 from exokiratory.engine.step import BatchContext, Derivation, Pass, Resource, Step
 from exokiratory.passes.scan.scanner import Scanner, ScanReport, normalise_source
 
@@ -183,6 +184,7 @@ class Workspace:
         """PASS 0: register new and changed files, mark vanished ones missing."""
         report = Scanner(self.storage, self.config, progress=progress, force_lock=force).run()
         self._auto_compact(MANIFEST_RULES)
+        self._store_manifest_views()
         return report
 
     def compact(
@@ -199,10 +201,19 @@ class Workspace:
         if passes:  # the named passes only
             rules = [r for r in rules if r not in MANIFEST_RULES]
         target = (target_mb or self.config.run.compact_target_mb) * 1024 * 1024
-        return [
+        results = [
             compact_dataset(self.storage, r, target_bytes=target, min_parts=min_parts)
             for r in rules
         ]
+        self._store_manifest_views()
+        return results
+
+    def _store_manifest_views(self) -> None:
+        """Store the ``images`` / ``paths`` views once for the manifest as it now is (reading
+        them then costs one file each: see ``core.manifest_cache``)."""
+        with self.catalog(()) as cat:
+            if cat.store_manifest_views():
+                log.info("stored the images and paths views (%s)", cat.manifest_digest)
 
     def _auto_compact(self, rules: Sequence[CompactRule]) -> None:
         """After a run: compact the datasets that have many small parts (``run.compact_*``)."""
@@ -230,10 +241,13 @@ class Workspace:
         retry_errors: bool = False,
         progress: bool | None = None,
         all_images: bool = False,
+        ray_address: str | None = None,
     ) -> list[RunReport | DeriveReport]:
         """Run passes (names, ``"embed"`` for both embedding passes, or ``"all"``) through the
         runner; returns one report per pass. ``all_images``: passes that work on the routed
-        images only (model passes) take every readable image this time."""
+        images only (model passes) take every readable image this time. ``engine="ray"`` runs
+        batches and the shard work of derivations (:mod:`exokiratory.engine.shards`) on Ray
+        (``ray_address``, default: the config's ``run.ray_address``, then ``RAY_ADDRESS``)."""
         names = registry.expand([passes] if isinstance(passes, str) else passes)
         wanted = self.passes(names)  # unknown names first: an error whatever the state
         if any(isinstance(s, Pass) for s in wanted) and not self.storage.list_files(
@@ -244,9 +258,11 @@ class Workspace:
             for name, why in self.skipped_in_all().items():
                 log.info("run all: skipping %s (%s)", name, why)
         rc = self.config.run
+        address = ray_address or rc.ray_address
         executor = make_executor(
-            engine or rc.engine, workers or rc.workers or default_workers(), rc.ray_address
+            engine or rc.engine, workers or rc.workers or default_workers(), address
         )
+        shards = ShardEngine.named(executor.name, address)
         reports: list[RunReport | DeriveReport] = []
         explicit = "all" not in names
         steps = self.passes(names)
@@ -262,7 +278,7 @@ class Workspace:
                 log.warning("skipping pass %s: it %s", p.name, missing)
                 continue
             if isinstance(p, Derivation):
-                reports.append(run_derivation(p, self.storage, self.catalog))
+                reports.append(run_derivation(p, self.storage, self.catalog, shards))
                 history.after(p.name, reports[-1])
                 continue
             if not isinstance(p, Pass):
@@ -293,7 +309,7 @@ class Workspace:
             if p.resources is Resource.GPU and ex.name == "local":
                 release_models()
         if not explicit:
-            reports.extend(self._refresh_derivations(steps, reports, history))
+            reports.extend(self._refresh_derivations(steps, reports, history, shards))
         return reports
 
     def _structure_recorder(self) -> Recorder:
@@ -306,6 +322,7 @@ class Workspace:
         steps: Sequence[Step[Any]],
         reports: Sequence[RunReport | DeriveReport],
         history: Recorder | None = None,
+        engine: ShardEngine | None = None,
     ) -> list[DeriveReport]:
         """Re-derive what later steps changed the inputs of (the flags read the embeddings
         that ran after them), following the registry's graph: every derivation downstream of a
@@ -318,7 +335,7 @@ class Workspace:
             d = by_name.get(name)
             if d is None or d.missing_requirement():
                 continue
-            rep = run_derivation(d, self.storage, self.catalog)
+            rep = run_derivation(d, self.storage, self.catalog, engine)
             if history is not None:
                 history.after(name, rep)
             if not rep.up_to_date:
@@ -327,14 +344,25 @@ class Workspace:
 
     # -- similarity --------------------------------------------------------------------------
     def build_index(
-        self, space: str = "clip", kind: str = "auto", *, segments: bool = False
+        self,
+        space: str = "clip",
+        kind: str = "auto",
+        *,
+        segments: bool = False,
+        engine: str | None = None,
+        ray_address: str | None = None,
     ) -> IndexReport:
         """Build or extend the FAISS index of ``space`` (clip | dino) from stored embeddings
-        (of the segments, ``indices/segments-<space>.*``, with ``segments=True``)."""
+        (of the segments, ``indices/segments-<space>.*``, with ``segments=True``). With
+        ``engine="ray"`` (default: the config's ``run.engine``) an IVF index adds its vectors
+        as Ray tasks over shards (the same index)."""
         from exokiratory.search.indices import build_index
 
-        with self.catalog() as cat:
-            return build_index(self.storage, cat, space, kind, segments=segments)
+        rc = self.config.run
+        shards = ShardEngine.named(engine or rc.engine, ray_address or rc.ray_address)
+        imap = imap_shards if shards.name == "ray" else None
+        with self.catalog() as cat, shard_engine(shards.name, shards.address):
+            return build_index(self.storage, cat, space, kind, segments=segments, imap=imap)
 
     def _embed_pass(self, space: str) -> EmbedPass:
         from exokiratory.passes.embed.step import EmbedPass

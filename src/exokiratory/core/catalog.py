@@ -1,6 +1,7 @@
 """DuckDB views over every dataset of a workspace (the SQL interface and the readers' engine).
 
-Views (when their data exists): ``images``, ``paths``, ``paths_log``, ``jobs``, and one per pass
+Views (when their data exists): ``images``, ``paths``, ``paths_log``, ``image_paths`` (one
+present path per image), ``jobs``, and one per pass
 output, named after the pass (``probe``, ``features``...). Keyed views keep one row per key
 (see :mod:`exokiratory.core.dataset`).
 """
@@ -21,10 +22,19 @@ from exokiratory.core.jobs import JOBS_SCHEMA
 from exokiratory.core.layout import IMAGES, JOBS, PATHS
 from exokiratory.core.manifest import (
     CURRENT_PATHS_SQL,
+    IMAGE_PATHS_SQL,
     IMAGES_SCHEMA,
     IMAGES_VIEW_SQL,
     PATHS_KEY,
     PATHS_SCHEMA,
+)
+from exokiratory.core.manifest_cache import (
+    CACHED_VIEWS,
+    cache_rel,
+    cached_views,
+    manifest_digest,
+    prune,
+    write_view,
 )
 from exokiratory.core.samples import define_sample_views
 from exokiratory.core.storage import Storage
@@ -55,6 +65,48 @@ def _no_half(t: pa.DataType) -> pa.DataType:
     if pa.types.is_list(t):
         return pa.list_(_no_half(t.value_type))
     return t
+
+
+_DUCK_TYPES = {
+    pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.uint8(): "UTINYINT",
+    pa.uint16(): "USMALLINT",
+    pa.uint32(): "UINTEGER",
+    pa.uint64(): "UBIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.large_string(): "VARCHAR",
+    pa.binary(): "BLOB",
+    pa.large_binary(): "BLOB",
+    pa.date32(): "DATE",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    """The DuckDB type an Arrow type is read as (TypeError for one this does not know)."""
+    if t in _DUCK_TYPES:
+        return _DUCK_TYPES[t]
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
+    if pa.types.is_fixed_size_list(t):
+        return f"{duck_type(t.value_type)}[{t.list_size}]"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"{duck_type(t.value_type)}[]"
+    if pa.types.is_struct(t):
+        fields = ", ".join(f'"{f.name}" {duck_type(f.type)}' for f in t)
+        return f"STRUCT({fields})"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def empty_sql(schema: pa.Schema) -> str:
+    """A FROM source with ``schema``'s columns and no rows."""
+    cols = ", ".join(f'CAST(NULL AS {duck_type(f.type)}) AS "{f.name}"' for f in schema)
+    return f"(SELECT {cols} WHERE false)"
 
 
 def _sql_list(items: Sequence[str]) -> str:
@@ -120,6 +172,7 @@ class Catalog:
         self.views: list[str] = []
         self._recorded: list[tuple[str, pa.Table]] | None = None
         self._view_sql: dict[str, str] = {}
+        self._key_status: dict[str, tuple[tuple[str, ...], str]] = {}  # see key_status_sql
         self._define_manifest_views()
         self._define_jobs_view()
         define_sample_views(self)  # named samples (samples/<name>/), when any exist
@@ -138,11 +191,14 @@ class Catalog:
         src = self.raw_source(rel)
         if src or schema is None:
             return src
-        name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
         schema = pa.schema([f.with_type(_no_half(f.type)) for f in schema])
-        empty = schema.empty_table().append_column("filename", pa.array([], pa.string()))
-        self.con.register(name, empty)
-        return name
+        schema = schema.append(pa.field("filename", pa.string()))
+        try:  # in SQL: registering an Arrow table makes DuckDB import pandas (0.7 s a command)
+            return empty_sql(schema)
+        except TypeError:
+            name = "_empty_" + re.sub(r"[^0-9A-Za-z]+", "_", rel)
+            self.con.register(name, schema.empty_table())
+            return name
 
     def _view(self, name: str, sql: str) -> None:
         self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
@@ -158,8 +214,8 @@ class Catalog:
         done: list[str] = []
         try:
             for name in names:
-                if name not in self._view_sql:
-                    continue
+                if name not in self._view_sql or (self.manifest_cached and name in CACHED_VIEWS):
+                    continue  # a stored copy is read faster than it is copied
                 table = f"_materialized_{name}"
                 self.rows(f'CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM "{name}"')
                 self.rows(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {table}')
@@ -189,9 +245,43 @@ class Catalog:
         )
         current = CURRENT_PATHS_SQL.format(src="(SELECT *, filename AS _part_no FROM paths_log)")
         self._view("paths", f"SELECT * EXCLUDE (filename, _part_no) FROM ({current})")
+        self._view("image_paths", IMAGE_PATHS_SQL)
         self._view(
             "images", IMAGES_VIEW_SQL.format(images="images_registry", current_paths="paths")
         )
+        self.manifest_digest = manifest_digest(self.storage)
+        stored = cached_views(self.storage, self.manifest_digest)
+        self.manifest_cached = stored is not None
+        # the same rows, computed once (core.manifest_cache); ``images`` is stored in image_idx
+        # order, and DuckDB keeps a file's order (preserve_insertion_order) without a sort
+        for name, rel in (stored or {}).items():
+            self._view(name, f"SELECT * FROM {self._file(rel)}")
+
+    def store_manifest_views(self) -> bool:
+        """Store the ``images`` and ``paths`` views' rows for the current manifest parts, so that
+        later catalogs read them from one file each (see :mod:`core.manifest_cache`); False when
+        there is nothing to store or the copy is already there."""
+        if (
+            self.manifest_cached
+            or self.read_only
+            or not self.storage.list_files(IMAGES, ".parquet")
+        ):
+            return False
+        for view in CACHED_VIEWS:  # each view then reads its copy: the next one reuses it
+            rel = cache_rel(view, self.manifest_digest)
+            write_view(self.storage, rel, self.con.sql(f'SELECT * FROM "{view}"'))
+            self._view(view, f"SELECT * FROM {self._file(rel)}")
+        prune(self.storage, self.manifest_digest)
+        self.manifest_cached = True
+        return True
+
+    def _file(self, rel: str) -> str:
+        url = (
+            self.storage.path(rel)
+            if self.storage.is_local
+            else self.storage.fs.unstrip_protocol(self.storage.path(rel))
+        )
+        return f"read_parquet({_sql_list([url])})"
 
     def _define_jobs_view(self) -> None:
         src = self._source(JOBS, JOBS_SCHEMA)
@@ -208,6 +298,19 @@ class Catalog:
         order = "image_idx, " + keys if "image_idx" in schema.names else keys
         one = keep_one_sql(src, key, "error" in schema.names, "filename")
         self._view(name, f"{one} ORDER BY {order}")
+        if "error" in schema.names:
+            self._key_status[name] = (tuple(key), src)
+
+    def key_status_sql(self, name: str, key: Sequence[str]) -> str | None:
+        """For a keyed view ``name`` whose key is ``key``: SQL giving one row per key with
+        ``ok``, whether the row readers keep has no error, by a hash aggregate over the key
+        and error columns (the view itself sorts every row by key: 3x slower at 10^6). The
+        kept row has no error exactly when some row of the key has none (keep_one_sql)."""
+        found = self._key_status.get(name)
+        if found is None or found[0] != tuple(key):
+            return None
+        keys = ", ".join(f'"{k}"' for k in key)
+        return f"SELECT {keys}, bool_or(error IS NULL) AS ok FROM {found[1]} GROUP BY {keys}"
 
     def raw_source(self, rel: str) -> str:
         """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""

@@ -37,7 +37,7 @@ from exokiratory.core.storage import Storage
 log = logging.getLogger(__name__)
 #: default size of a compacted part (compressed bytes), and the number of small parts that
 #: makes a dataset worth compacting after a run
-TARGET_BYTES = 128 * 1024 * 1024
+TARGET_BYTES = 512 * 1024 * 1024
 MIN_PARTS = 32
 
 

@@ -57,7 +57,7 @@ class RunConfig(_Strict):
         ge=0,
         description="compact a dataset after a run once it has this many small parts (0: never)",
     )
-    compact_target_mb: int = Field(128, gt=0, description="size of a compacted part (MB)")
+    compact_target_mb: int = Field(512, gt=0, description="size of a compacted part (MB)")
 
 
 class WorkspaceConfig(_Strict):

@@ -53,6 +53,12 @@ SELECT * EXCLUDE (_rn) FROM (
   FROM {src}) WHERE _rn = 1
 """
 
+#: one present path per image (the smallest), and its source: how passes find an image's file
+IMAGE_PATHS_SQL = """
+SELECT image_id, min(path) AS path, arg_min(source, path) AS source
+FROM paths WHERE status = 'image' GROUP BY image_id
+"""
+
 IMAGES_VIEW_SQL = """
 SELECT i.image_id, i.image_idx, i.sha256, i.size_bytes, i.format, i.width, i.height,
        i.first_path, i.registered_at,

@@ -87,13 +87,21 @@ def unit_counts(
                 shared[tag] = f"_units_{len(shared)}"
                 cat.rows(f"CREATE OR REPLACE TEMP TABLE {shared[tag]} AS {select}")
             src = shared[tag]
+    status = cat.key_status_sql(p.done_view, keys)
     try:
-        r = cat.rows(
-            f"""SELECT count(*),
+        if status is None:
+            r = cat.rows(
+                f"""SELECT count(*),
                        count(*) FILTER (WHERE d."{keys[0]}" IS NOT NULL AND d.error IS NULL),
                        count(*) FILTER (WHERE d.error IS NOT NULL)
                 FROM {src} w LEFT JOIN "{p.done_view}" d ON {on}"""
-        )
+            )
+        else:  # the same counts from the keys and errors alone (Catalog.key_status_sql)
+            r = cat.rows(
+                f"""SELECT count(*), count(*) FILTER (WHERE d.ok),
+                       count(*) FILTER (WHERE NOT d.ok)
+                FROM {src} w LEFT JOIN ({status}) d ON {on}"""
+            )
     finally:
         if sql is None:
             cat.con.unregister("_wanted_units")

@@ -308,8 +308,7 @@ class Pass(Step[ParamsT]):
 IMAGE_UNITS_SQL = """
 SELECT i.image_id, i.image_idx, i.format, i.size_bytes, p.path, p.source
 FROM images i
-JOIN (SELECT image_id, min(path) AS path, arg_min(source, path) AS source
-      FROM paths WHERE status = 'image' GROUP BY image_id) p
+JOIN image_paths p
   USING (image_id)
 WHERE i.status = 'ok'
 ORDER BY i.image_idx

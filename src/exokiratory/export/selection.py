@@ -33,10 +33,7 @@ SAMPLE_COLUMNS = ("sample", "version", "rank", "stratum")
 #: internal columns of a selection, not exported
 INTERNAL = ("source", "size_bytes")
 
-_CURRENT_PATHS = (
-    "SELECT image_id, min(path) AS path, arg_min(source, path) AS source "
-    "FROM paths WHERE status = 'image' GROUP BY image_id"
-)
+_CURRENT_PATHS = "SELECT * FROM image_paths"
 
 
 def _lit(s: str) -> str:

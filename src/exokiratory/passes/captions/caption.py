@@ -75,8 +75,7 @@ UNITS_SQL = """
 SELECT c.unit_id, c.unit_kind, c.image_id, c.image_idx, c.segment_id, c.mask_index, c.priority,
        g.mask_height, g.mask_width, g.rle_counts, g.bbox, p.path, p.source
 FROM caption_selection c
-JOIN (SELECT image_id, min(path) AS path, arg_min(source, path) AS source
-      FROM paths WHERE status = 'image' GROUP BY image_id) p USING (image_id)
+JOIN image_paths p USING (image_id)
 LEFT JOIN {segments} g ON g.segment_id = c.segment_id
 WHERE c.unit_kind IN ({kinds}) AND (c.unit_kind = 'image' OR g.segment_id IS NOT NULL)
 ORDER BY c.priority

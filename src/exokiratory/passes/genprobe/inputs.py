@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
     from exokiratory.core.storage import Storage
 
-PATHS_SQL = """(SELECT image_id, min(path) AS path, arg_min(source, path) AS source
-      FROM paths WHERE status = 'image' GROUP BY image_id)"""
+PATHS_SQL = "image_paths"
 
 EXEMPLARS_SQL = """
 WITH c AS (SELECT * FROM clusters_{space} WHERE level = {level}),

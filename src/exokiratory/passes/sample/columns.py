@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from exokiratory.core.catalog import Catalog
 
 #: views never searched: other views' duplicates, logs, and the samples themselves
-SKIPPED_VIEWS = frozenset({"images_registry", "images_routed", "paths", "paths_log", "jobs"})
+SKIPPED_VIEWS = frozenset(
+    {"images_registry", "images_routed", "image_paths", "paths", "paths_log", "jobs"}
+)
 PRIORITY = ("images", "flags", "features")
 _CLUSTER_VIEW = re.compile(r"^clusters_([a-z0-9]+)$")
 

@@ -39,8 +39,7 @@ SEGMENT_UNITS_SQL = """
 SELECT s.segment_id, s.image_id, s.image_idx, s.mask_index, s.mask_height, s.mask_width,
        s.rle_counts, s.bbox, p.path, p.source
 FROM segments s
-JOIN (SELECT image_id, min(path) AS path, arg_min(source, path) AS source
-      FROM paths WHERE status = 'image' GROUP BY image_id) p
+JOIN image_paths p
   USING (image_id)
 ORDER BY s.image_idx, s.mask_index
 """
