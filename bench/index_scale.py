@@ -38,14 +38,20 @@ def _centres(clusters: int) -> tuple[np.ndarray, np.ndarray]:
     return c, weights / weights.sum()
 
 
-def vectors(seed: int, rows: int, clusters: int) -> np.ndarray:
-    """``rows`` float16 unit vectors of the clustered law (deterministic in ``seed``)."""
+def labelled_vectors(seed: int, rows: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``rows`` float16 unit vectors of the clustered law, their planted cluster), deterministic
+    in ``seed`` (``bench/clusters_scale.py`` scores clusters against the planted ones)."""
     centres, weights = _centres(clusters)
     rng = np.random.default_rng(seed)
     label = rng.choice(clusters, rows, p=weights)
     x = centres[label] + rng.standard_normal((rows, DIM)).astype(np.float32) * (0.6 / DIM**0.5)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float16)
+    return x.astype(np.float16), label
+
+
+def vectors(seed: int, rows: int, clusters: int) -> np.ndarray:
+    """``rows`` float16 unit vectors of the clustered law (deterministic in ``seed``)."""
+    return labelled_vectors(seed, rows, clusters)[0]
 
 
 def chunks(n: int, clusters: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

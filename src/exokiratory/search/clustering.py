@@ -8,15 +8,26 @@ The hierarchy follows Vo et al. 2024 ("Automatic data curation for self-supervis
 clustering-based approach"): level 0 clusters the vectors into many small clusters; each higher
 level clusters the (normalised) centroids of the level below, so every fine cluster has exactly
 one parent and the levels nest. Their resampling refinement between levels is not applied.
+
+Memory: the input may be float16 (the stored embeddings, :func:`.indices.load_embeddings_f16`);
+rows are converted to float32 and normalised only a batch at a time (training sample, assignment
+batch, similarity batch). From :data:`TWO_LEVEL_MIN_K` clusters a level is fitted coarse then
+fine (:func:`two_level_kmeans`) and assigned approximately; below it, the exact one-level fit.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+
+from exokiratory.search.ivf import ShardMap
+
+log = logging.getLogger(__name__)
 
 #: FAISS trains on at most this many points per centroid (its own default is 256); a seeded
 #: subsample above that, so a 10^6-point level-0 fit stays in seconds to minutes.
@@ -29,6 +40,19 @@ TRAIN_SAMPLE_MAX = 262_144
 
 #: rows per exact nearest-centroid search batch (the assignment never holds n x k scores).
 ASSIGN_BATCH = 65_536
+#: batches per shard when the assignment runs as cluster tasks (``assign_to_centroids(imap=)``)
+SHARD_BATCHES = 16
+
+#: from this many clusters, k-means is fitted in two levels ("coarse then fine", see
+#: :func:`two_level_kmeans`) instead of one FAISS k-means over the training sample: at 10^6
+#: images with the default ``cluster_size`` 30 (k = 33,334) the one-level fit costs about
+#: 3 x 10^14 multiply-adds. Below it the fit is the exact one-level k-means, as before.
+TWO_LEVEL_MIN_K = 4096
+
+#: coarse cells whose fine centroids a row is compared with, in a two-level fit (the nearest
+#: ``ASSIGN_PROBE`` of about sqrt(k)): the assignment is then approximate (the exact nearest of
+#: all k centroids costs n x k x d, 2.6 x 10^13 multiply-adds at 10^6 x 33,334 x 768).
+ASSIGN_PROBE = 8
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,20 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
+def unit_rows(
+    x: np.ndarray, rows: np.ndarray | None = None, batch: int = ASSIGN_BATCH
+) -> np.ndarray:
+    """:func:`normalise_rows` of ``x[rows]`` (every row when ``rows`` is None), converted and
+    normalised ``batch`` rows at a time into one float32 array: a float16 ``x`` is never copied
+    whole to float32 (the result is the same row for row, as normalisation is per row)."""
+    n = x.shape[0] if rows is None else len(rows)
+    out = np.empty((n, x.shape[1]), np.float32)
+    for lo in range(0, n, batch):
+        chunk = x[lo : lo + batch] if rows is None else x[rows[lo : lo + batch]]
+        out[lo : lo + batch] = normalise_rows(chunk)
+    return out
+
+
 def choose_k(n: int, target_size: int, k_min: int = 2, k_max: int = 100_000) -> int:
     """The number of clusters that gives clusters of about ``target_size`` rows, clamped to
     ``[k_min, k_max]`` and never above ``n``."""
@@ -72,25 +110,63 @@ def choose_k(n: int, target_size: int, k_min: int = 2, k_max: int = 100_000) -> 
     return int(max(1, min(k, k_max, n)))
 
 
-def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -> KMeansResult:
-    """Spherical k-means (cosine) of the rows of ``x`` into ``k`` clusters.
+def spherical_kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 25,
+    two_level_min_k: int = TWO_LEVEL_MIN_K,
+    probe: int = ASSIGN_PROBE,
+    imap: ShardMap | None = None,
+) -> KMeansResult:
+    """Spherical k-means (cosine) of the rows of ``x`` (float16 or float32, any norm: rows
+    are normalised batch by batch) into ``k`` clusters: one FAISS k-means on the training sample
+    below ``two_level_min_k`` clusters, else :func:`two_level_kmeans`.
 
     Raises:
         ValueError: for an empty input, ``k < 1`` or ``k`` larger than the number of rows.
     """
-    x = normalise_rows(np.atleast_2d(x))
-    n, d = x.shape
+    x = np.atleast_2d(x)
+    n = x.shape[0]
     if n == 0:
         raise ValueError("cannot cluster an empty set of vectors")
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] for {n} vectors, got {k}")
     if k == 1:
-        centroid = normalise_rows(x.mean(axis=0, keepdims=True))
-        return KMeansResult(np.zeros(n, np.int32), centroid, (x @ centroid[0]).astype(np.float32))
+        return _one_cluster(x)
+    if k >= two_level_min_k:
+        rows = sample_rows(n, seed, TRAIN_SAMPLE_MAX) if n > TRAIN_SAMPLE_MAX else None
+        return two_level_kmeans(x, k, rows=rows, seed=seed, niter=niter, probe=probe, imap=imap)
+    centroids = fit_centroids(training_rows(x, seed), k, seed, niter)
+    assign, sim = assign_to_centroids(x, centroids, imap=imap)
+    return KMeansResult(assign, centroids, sim)
+
+
+def _one_cluster(x: np.ndarray) -> KMeansResult:
+    """k = 1: the normalised mean of the unit rows, summed batch by batch."""
+    n = x.shape[0]
+    if n <= ASSIGN_BATCH:
+        unit = normalise_rows(x)
+        centroid = normalise_rows(unit.mean(axis=0, keepdims=True))
+        return KMeansResult(
+            np.zeros(n, np.int32), centroid, (unit @ centroid[0]).astype(np.float32)
+        )
+    total = np.zeros(x.shape[1], np.float64)
+    for lo in range(0, n, ASSIGN_BATCH):
+        total += normalise_rows(x[lo : lo + ASSIGN_BATCH]).sum(axis=0, dtype=np.float64)
+    centroid = normalise_rows((total / n)[None, :])
+    assign = np.zeros(n, np.int32)
+    return KMeansResult(assign, centroid, row_similarity(x, centroid, assign))
+
+
+def fit_centroids(train: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
+    """float32 ``(k, d)`` unit centroids of one seeded FAISS spherical k-means of the unit rows
+    ``train`` (k-means++ seeding while affordable; ``k`` <= rows)."""
     import faiss
 
     km = faiss.Kmeans(
-        d,
+        train.shape[1],
         k,
         niter=niter,
         seed=seed,
@@ -99,50 +175,227 @@ def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25) -
         min_points_per_centroid=1,
         verbose=False,
     )
-    train = training_sample(x, seed)
     km.train(train, init_centroids=kmeanspp_init(train, k, seed))
-    centroids = normalise_rows(np.asarray(km.centroids))
-    assign, sim = assign_to_centroids(x, centroids)
-    return KMeansResult(assign, centroids, sim)
+    return normalise_rows(np.asarray(km.centroids))
 
 
 def training_sample(x: np.ndarray, seed: int, size: int = TRAIN_SAMPLE_MAX) -> np.ndarray:
     """``x`` itself up to ``size`` rows, else a seeded sample of ``size`` rows (in row order)."""
     if x.shape[0] <= size:
         return x
+    return np.ascontiguousarray(x[sample_rows(x.shape[0], seed, size)])
+
+
+def sample_rows(n: int, seed: int, size: int) -> np.ndarray:
+    """The sorted row numbers of :func:`training_sample`'s seeded sample of ``size`` of ``n``."""
     rng = np.random.default_rng(seed)
-    return np.ascontiguousarray(x[np.sort(rng.choice(x.shape[0], size, replace=False))])
+    return np.sort(rng.choice(n, size, replace=False))
 
 
-def assign_to_centroids(
-    x: np.ndarray, centroids: np.ndarray, batch: int = ASSIGN_BATCH
+def training_rows(x: np.ndarray, seed: int, size: int = TRAIN_SAMPLE_MAX) -> np.ndarray:
+    """The unit float32 rows of :func:`training_sample` (every row up to ``size`` rows),
+    gathered and normalised in batches (no float32 copy of a float16 ``x``)."""
+    if x.shape[0] <= size:
+        return unit_rows(x)
+    return unit_rows(x, sample_rows(x.shape[0], seed, size))
+
+
+@dataclass(frozen=True)
+class CoarseCells:
+    """The coarse level of a two-level fit, for the approximate assignment.
+
+    Attributes:
+        centroids: float32 ``(k1, d)`` unit coarse centroids.
+        offsets: int64 ``(k1 + 1,)``: the fine centroids of cell ``c`` are the rows
+            ``offsets[c]:offsets[c + 1]`` of the fine centroids.
+        probe: coarse cells searched per row (the nearest ones).
+    """
+
+    centroids: np.ndarray
+    offsets: np.ndarray
+    probe: int
+
+
+def assign_batch(
+    chunk: np.ndarray, centroids: np.ndarray, cells: CoarseCells | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 nearest centroid, float32 its cosine) of each row of ``x`` (unit rows), by an
-    exact inner-product search over row batches (the same result as one search)."""
+    """(int32 nearest centroid, float32 its cosine) of each row of ``chunk`` (float16 or
+    float32, normalised here). Exact (a FAISS inner-product search over all centroids) without
+    ``cells``; with them, the best of the fine centroids of each row's ``cells.probe`` nearest
+    coarse cells (approximate). A pure function of its arguments: batches can run anywhere."""
+    x = normalise_rows(chunk)
+    if cells is None:
+        return _nearest(x, centroids)
+    return _nearest_within(x, centroids, cells)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    s, a = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return a[:, 0].astype(np.int32), s[:, 0].astype(np.float32)
+
+
+def _nearest_within(
+    x: np.ndarray, centroids: np.ndarray, cells: CoarseCells
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest fine centroid among those of each row's nearest coarse cells; ties go to
+    the lower centroid number (cells are visited in increasing order)."""
+    k1 = cells.centroids.shape[0]
+    probe = max(1, min(cells.probe, k1))
+    scores = x @ cells.centroids.T
+    top = np.argpartition(-scores, probe - 1, axis=1)[:, :probe] if probe < k1 else None
+    pair_rows = np.repeat(np.arange(x.shape[0]), probe)
+    pair_cells = top.ravel() if top is not None else np.tile(np.arange(k1), x.shape[0])
+    order = np.argsort(pair_cells, kind="stable")
+    bounds = np.searchsorted(pair_cells[order], np.arange(k1 + 1))
+    best = np.full(x.shape[0], -1, np.int32)
+    best_s = np.full(x.shape[0], -np.inf, np.float32)
+    for c in range(k1):
+        lo, hi = int(cells.offsets[c]), int(cells.offsets[c + 1])
+        if hi == lo or bounds[c + 1] == bounds[c]:
+            continue
+        rows = pair_rows[order[bounds[c] : bounds[c + 1]]]
+        s = x[rows] @ centroids[lo:hi].T
+        j = np.argmax(s, axis=1)
+        v = s[np.arange(len(rows)), j]
+        better = v > best_s[rows]
+        best[rows[better]] = lo + j[better]
+        best_s[rows[better]] = v[better]
+    return best, best_s
+
+
+def assign_to_centroids(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    batch: int = ASSIGN_BATCH,
+    cells: CoarseCells | None = None,
+    imap: ShardMap | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 nearest centroid, float32 its cosine) of each row of ``x``, by
+    :func:`assign_batch` over row batches (exact without ``cells``: the same result as one
+    search). ``imap`` (``engine.shards.imap_shards`` on a Ray cluster): shards of
+    :data:`SHARD_BATCHES` batches run as tasks; each shard cuts the same batches as this
+    process would, so the result is identical."""
     assign = np.empty(x.shape[0], np.int32)
     sim = np.empty(x.shape[0], np.float32)
+    if imap is not None:
+        step = batch * SHARD_BATCHES
+        ranges = [(lo, min(lo + step, x.shape[0])) for lo in range(0, x.shape[0], step)]
+        results = imap(_assign_range, ranges, (x, centroids, cells, batch))
+        for (lo, hi), (a, s) in zip(ranges, results, strict=True):
+            assign[lo:hi], sim[lo:hi] = a, s
+        return assign, sim
     for lo in range(0, x.shape[0], batch):
-        s, a = index.search(np.ascontiguousarray(x[lo : lo + batch], dtype=np.float32), 1)
-        assign[lo : lo + batch] = a[:, 0]
-        sim[lo : lo + batch] = s[:, 0]
+        assign[lo : lo + batch], sim[lo : lo + batch] = assign_batch(
+            x[lo : lo + batch], centroids, cells
+        )
     return assign, sim
+
+
+def _assign_range(
+    rows: tuple[int, int],
+    x: np.ndarray,
+    centroids: np.ndarray,
+    cells: CoarseCells | None,
+    batch: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shard of :func:`assign_to_centroids` (a Ray task's work)."""
+    return assign_to_centroids(x[rows[0] : rows[1]], centroids, batch, cells)
 
 
 def row_similarity(
     x: np.ndarray, centroids: np.ndarray, assignments: np.ndarray, batch: int = ASSIGN_BATCH
 ) -> np.ndarray:
-    """float32 cosine of each row to its assigned centroid, in row batches (no n x d gather)."""
+    """float32 cosine of each row of ``x`` (normalised per batch) to its assigned centroid, in
+    row batches (no n x d gather)."""
     out = np.empty(x.shape[0], np.float32)
     for lo in range(0, x.shape[0], batch):
-        rows = x[lo : lo + batch]
+        rows = normalise_rows(x[lo : lo + batch])
         out[lo : lo + batch] = np.einsum(
             "nd,nd->n", rows, centroids[assignments[lo : lo + batch]]
         ).astype(np.float32)
     return out
+
+
+def two_level_kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    seed: int = 0,
+    niter: int = 25,
+    probe: int = ASSIGN_PROBE,
+    imap: ShardMap | None = None,
+) -> KMeansResult:
+    """k-means with a large ``k`` in two levels, trained on the rows ``rows`` of ``x`` (sorted
+    row numbers; None: every row): a coarse k-means into about sqrt(k) cells (on at most
+    :data:`MAX_POINTS_PER_CENTROID` rows per cell); each cell's training rows clustered into a
+    share of ``k`` proportional to its size (:func:`fine_shares`; seed ``seed + 1 + cell``);
+    the ``k`` fine centroids are the union, in cell order. Every row of ``x`` is then assigned
+    to the nearest fine centroid of its ``probe`` nearest cells (:func:`assign_batch`):
+    approximate; the share of rows given the exact nearest is measured by
+    ``bench/clusters_scale.py``. Training costs about ``niter x (sqrt(k) + k / sqrt(k)) x rows x
+    d`` instead of ``niter x k x rows x d``. Rows are gathered from ``x`` and normalised batch
+    by batch (no float32 copy of the training rows). Seeded and deterministic."""
+    train = np.arange(x.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    if not 2 <= k <= train.size:
+        raise ValueError(f"k must be in [2, {train.size}] for {train.size} training rows, got {k}")
+    k1 = max(2, min(round(math.sqrt(k)), k - 1))
+    fit_rows = train
+    if train.size > k1 * MAX_POINTS_PER_CENTROID:
+        fit_rows = train[sample_rows(train.size, seed, k1 * MAX_POINTS_PER_CENTROID)]
+    coarse = fit_centroids(unit_rows(x, fit_rows), k1, seed, niter)
+    cell = np.empty(train.size, np.int32)
+    for lo in range(0, train.size, ASSIGN_BATCH):
+        cell[lo : lo + ASSIGN_BATCH] = assign_batch(x[train[lo : lo + ASSIGN_BATCH]], coarse)[0]
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(k1 + 1))
+    shares = fine_shares(np.diff(bounds), k)
+    fine = [
+        _fit_cell(
+            unit_rows(x, train[order[bounds[c] : bounds[c + 1]]]),
+            int(shares[c]),
+            seed + 1 + c,
+            niter,
+        )
+        for c in range(k1)
+        if shares[c] > 0
+    ]
+    cells = CoarseCells(coarse, np.concatenate([[0], np.cumsum(shares)]).astype(np.int64), probe)
+    centroids = np.ascontiguousarray(np.concatenate(fine), dtype=np.float32)
+    log.info("two-level k-means: k = %d in %d coarse cells, %d probed per row", k, k1, probe)
+    assign, sim = assign_to_centroids(x, centroids, cells=cells, imap=imap)
+    return KMeansResult(assign, centroids, sim)
+
+
+def _fit_cell(rows: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
+    """The ``k`` fine centroids of one coarse cell's unit training rows."""
+    if k >= rows.shape[0]:
+        return normalise_rows(rows)
+    if k == 1:
+        return normalise_rows(rows.mean(axis=0, keepdims=True))
+    return fit_centroids(np.ascontiguousarray(rows), k, seed, niter)
+
+
+def fine_shares(sizes: np.ndarray, k: int) -> np.ndarray:
+    """int64 clusters per coarse cell: proportional to ``sizes`` (largest remainders), at
+    least 1 for a non-empty cell, at most its size, summing to ``k`` (<= ``sizes.sum()``)."""
+    sizes = np.asarray(sizes, np.int64)
+    quota = k * sizes / max(int(sizes.sum()), 1)
+    shares = np.minimum(np.maximum(np.floor(quota).astype(np.int64), sizes > 0), sizes)
+    while (left := k - int(shares.sum())) != 0:
+        if left > 0:  # give one more to the cells furthest below their quota
+            room = np.flatnonzero(shares < sizes)
+            pick = room[np.argsort(-(quota[room] - shares[room]), kind="stable")[:left]]
+            shares[pick] += 1
+        else:  # take one from the cells furthest above their quota (keeping >= 1)
+            room = np.flatnonzero(shares > 1)
+            pick = room[np.argsort(-(shares[room] - quota[room]), kind="stable")[:-left]]
+            shares[pick] -= 1
+    return shares
 
 
 #: k-means++ seeding runs while k x sample x d stays under this many multiply-adds (about a
@@ -212,19 +465,25 @@ def hierarchical_kmeans(
     *,
     seed: int = 0,
     niter: int = 25,
+    two_level_min_k: int = TWO_LEVEL_MIN_K,
+    probe: int = ASSIGN_PROBE,
+    imap: ShardMap | None = None,
 ) -> list[Level]:
-    """Nested spherical k-means: level 0 clusters ``x`` into ``ks[0]`` clusters, level i
-    clusters level i-1's centroids into ``ks[i]`` (``ks`` must decrease)."""
+    """Nested spherical k-means: level 0 clusters ``x`` (float16 or float32) into ``ks[0]``
+    clusters, level i clusters level i-1's centroids into ``ks[i]`` (``ks`` must decrease);
+    levels with at least ``two_level_min_k`` clusters are fitted in two levels. ``imap``: the
+    assignment of the rows of ``x`` as cluster tasks (:func:`assign_to_centroids`)."""
     if not ks:
         raise ValueError("need at least one level")
     if any(b >= a for a, b in itertools.pairwise(ks)):
         raise ValueError(f"cluster counts must decrease from fine to coarse, got {ks}")
-    first = spherical_kmeans(x, ks[0], seed=seed, niter=niter)
+    fit_level = partial(spherical_kmeans, niter=niter, two_level_min_k=two_level_min_k, probe=probe)
+    first = fit_level(x, ks[0], seed=seed, imap=imap)
     assignments = [first.assignments]
     centroids = [first.centroids]
     parents: list[np.ndarray] = []
     for level, k in enumerate(ks[1:], start=1):
-        fit = spherical_kmeans(centroids[-1], k, seed=seed + level, niter=niter)
+        fit = fit_level(centroids[-1], k, seed=seed + level)
         parents.append(fit.assignments)
         assignments.append(fit.assignments[assignments[-1]])
         centroids.append(fit.centroids)

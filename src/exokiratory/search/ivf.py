@@ -18,6 +18,11 @@ Build (:func:`build_ivf`): the quantisers are trained on a seeded sample of at m
 to float32 one chunk at a time): memory is the index, the training sample and one chunk, never a
 float32 copy of every embedding. Recall@10 and memory per vector: ``bench/index_scale.py`` and
 ``bench/RESULTS.md``.
+
+On a cluster (``imap``, ``index build --engine ray``): training stays on the driver; the rows
+are cut into shards of :data:`SHARD_ROWS` in stream order, each added by a Ray task to an empty
+copy of the trained index (``faiss.serialize_index`` bytes both ways) and merged back in shard
+order (:func:`add_sharded`): the same index, to the byte, as the local build.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ PQ_BYTES_PER_DIMS = 8
 
 Chunk = tuple[np.ndarray, np.ndarray]
 """(ids int64, vectors float32 (rows, dim))."""
+SHARD_ROWS = 1_000_000
+"""Vectors added by one shard (one Ray task) of :func:`add_sharded`."""
+ShardMap = Callable[[Callable[..., Any], Iterable[Any], tuple[Any, ...]], Iterator[Any]]
+"""``fn(item, *shared)`` for each item, results in item order: in this process or as Ray tasks
+(:func:`exokiratory.engine.shards.imap_shards`; the search layer does not import the engine)."""
 
 
 def ivf_params(n: int, dim: int, kind: str) -> dict[str, int]:
@@ -117,10 +127,12 @@ def build_ivf(
     chunks: Callable[[], Iterator[Chunk]],
     index: Any | None = None,
     known: np.ndarray | None = None,
+    imap: ShardMap | None = None,
 ) -> tuple[Any, dict[str, int], int]:
     """(index, params, vectors added): train a new index on a seeded sample (unless ``index``
     is given) and add every chunk's vectors whose id is not in ``known``. ``chunks()`` starts a
-    new pass over the stored vectors (it is called once or twice)."""
+    new pass over the stored vectors (it is called once or twice). ``imap``: add the vectors as
+    shards run by it (:func:`add_sharded`; the very same index)."""
     params = ivf_params(all_ids.size, dim, kind)
     if index is None:
         index = new_ivf(kind, dim, params)
@@ -128,12 +140,80 @@ def build_ivf(
         index.train(gather_sample(chunks(), wanted, dim))
     added = 0
     known_sorted = np.sort(known) if known is not None else np.zeros(0, np.int64)
+    if imap is not None:
+        return index, params, add_sharded(index, new_rows(chunks(), known_sorted), imap)
     for ids, vectors in chunks():
         new = ~np.isin(ids, known_sorted, assume_unique=False)
         if new.any():
             index.add_with_ids(np.ascontiguousarray(vectors[new]), ids[new])
             added += int(new.sum())
     return index, params, added
+
+
+def new_rows(chunks: Iterable[Chunk], known_sorted: np.ndarray) -> Iterator[Chunk]:
+    """The rows of each chunk whose id is not in ``known_sorted`` (empty chunks left out)."""
+    for ids, vectors in chunks:
+        new = ~np.isin(ids, known_sorted)
+        if new.all():
+            yield ids, vectors
+        elif new.any():
+            yield ids[new], vectors[new]
+
+
+def shard_chunks(chunks: Iterable[Chunk], rows: int) -> Iterator[Chunk]:
+    """Consecutive chunks joined into shards of at least ``rows`` rows (the last one smaller),
+    in order."""
+    held: list[Chunk] = []
+    n = 0
+    for chunk in chunks:
+        held.append(chunk)
+        n += len(chunk[0])
+        if n >= rows:
+            yield _join(held)
+            held, n = [], 0
+    if held:
+        yield _join(held)
+
+
+def _join(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def add_shard(shard: Chunk, empty: np.ndarray) -> np.ndarray:
+    """A shard's task: the trained empty index ``empty`` (``faiss.serialize_index`` bytes)
+    with the shard's vectors added, serialised."""
+    import faiss
+
+    index = faiss.deserialize_index(empty)
+    ids, vectors = shard
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, np.int64))
+    return np.asarray(faiss.serialize_index(index))
+
+
+def add_sharded(
+    index: Any, chunks: Iterable[Chunk], imap: ShardMap, rows: int | None = None
+) -> int:
+    """Add the chunks' vectors to the trained ``index`` as shards of ``rows`` (default
+    :data:`SHARD_ROWS`) rows, each added
+    by ``imap`` (in this process or a Ray task) to an empty copy of the index, merged back in
+    shard order (``merge_from`` appends every inverted list): the same index, to the byte, as
+    adding the chunks here one after another. Returns the vectors added."""
+    import faiss
+
+    if index.ntotal:  # an incremental build: the copy keeps the training, not the vectors
+        empty = faiss.clone_index(index)
+        empty.reset()
+    else:
+        empty = index
+    blob = np.asarray(faiss.serialize_index(empty))
+    added = 0
+    for out in imap(add_shard, shard_chunks(chunks, rows or SHARD_ROWS), (blob,)):
+        part = faiss.deserialize_index(out)
+        added += int(part.ntotal)
+        index.merge_from(part, 0)
+    return added
 
 
 def arrow_chunks(reader: Iterable[pa.RecordBatch], id_col: str) -> Iterator[Chunk]:

@@ -34,13 +34,15 @@ import pyarrow as pa
 from pydantic import Field
 
 from exokiratory.engine.registry import register
+from exokiratory.engine.shards import current_engine, imap_shards
 from exokiratory.engine.step import Derivation, PassParams, missing_modules
 from exokiratory.search.clustering import (
+    ASSIGN_PROBE,
+    TWO_LEVEL_MIN_K,
     KMeansResult,
     exemplars,
     hierarchical_kmeans,
     level_sizes,
-    normalise_rows,
     row_similarity,
 )
 
@@ -57,6 +59,17 @@ class ClusterParams(PassParams):
     niter: int = Field(25, ge=1, le=1000, description="k-means iterations per level")
     seed: int = 0
     exemplars: int = Field(5, ge=1, le=100, description="exemplar images per cluster")
+    two_level_min_k: int = Field(
+        TWO_LEVEL_MIN_K,
+        ge=2,
+        description="levels with at least this many clusters are fitted coarse then fine "
+        "(sqrt(k) cells, then k split among them) and assigned approximately",
+    )
+    assign_probe: int = Field(
+        ASSIGN_PROBE,
+        ge=1,
+        description="nearest coarse cells searched per image in a two-level fit",
+    )
 
 
 ASSIGNMENTS_SCHEMA = pa.schema(
@@ -122,11 +135,11 @@ class ClustersDerivation(Derivation[ClusterParams]):
         return self.derive_outputs(catalog)[""]
 
     def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
-        from exokiratory.search.indices import load_embeddings
+        from exokiratory.search.indices import load_embeddings_f16
 
         params = self.params
-        try:
-            vectors, idx, ids, _model = load_embeddings(catalog, self.space)
+        try:  # float16 as stored (1.5 GB at 10^6 x 768), converted to float32 batch by batch
+            vectors, idx, ids, _model = load_embeddings_f16(catalog, self.space)
         except ValueError:  # no embeddings (yet)
             log.info("%s: no %s embeddings yet; nothing to cluster", self.name, self.space)
             return {
@@ -134,9 +147,16 @@ class ClustersDerivation(Derivation[ClusterParams]):
                 "summary": SUMMARY_SCHEMA.empty_table(),
                 "metrics": METRICS_SCHEMA.empty_table(),
             }
-        vectors = normalise_rows(vectors)
         ks = level_sizes(len(ids), params.cluster_size, params.branching, params.max_levels)
-        levels = hierarchical_kmeans(vectors, ks or [1], seed=params.seed, niter=params.niter)
+        levels = hierarchical_kmeans(
+            vectors,
+            ks or [1],
+            seed=params.seed,
+            niter=params.niter,
+            two_level_min_k=params.two_level_min_k,
+            probe=params.assign_probe,
+            imap=imap_shards if current_engine().name == "ray" else None,  # same rows
+        )
         assignments, summaries = [], []
         for li, lv in enumerate(levels):
             sim = row_similarity(vectors, lv.centroids, lv.assignments)
@@ -158,7 +178,7 @@ def _assignment_table(
     fit: KMeansResult,
     ex: dict[int, np.ndarray],
     idx: np.ndarray,
-    ids: list[str],
+    ids: pa.Array,
 ) -> pa.Table:
     n = len(ids)
     is_ex = np.zeros(n, bool)
@@ -183,7 +203,7 @@ def _summary_table(
     fit: KMeansResult,
     parents: np.ndarray,
     ex: dict[int, np.ndarray],
-    ids: list[str],
+    ids: pa.Array,
 ) -> pa.Table:
     sizes = fit.sizes()
     sums = np.bincount(fit.assignments, weights=fit.similarity, minlength=fit.k)
@@ -196,11 +216,26 @@ def _summary_table(
             "parent_cluster_id": parents.astype(np.int32),
             "size": sizes,
             "mean_similarity": mean_sim,
-            "exemplar_ids": [[ids[i] for i in ex.get(c, [])] for c in range(fit.k)],
-            "centroid": [c.tolist() for c in fit.centroids],
+            "exemplar_ids": _exemplar_ids(ex, ids, fit.k),
+            "centroid": _list_column(fit.centroids),
         },
         schema=SUMMARY_SCHEMA,
     )
+
+
+def _exemplar_ids(ex: dict[int, np.ndarray], ids: pa.Array, k: int) -> pa.ListArray:
+    """Each cluster's exemplar image_ids (best first), as one list column (one take)."""
+    rows = [ex.get(c, np.zeros(0, np.int64)) for c in range(k)]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
+    flat = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    return pa.ListArray.from_arrays(pa.array(offsets), ids.take(pa.array(flat)))
+
+
+def _list_column(matrix: np.ndarray) -> pa.ListArray:
+    """A float32 ``(k, d)`` matrix as a list<float32> column (no Python floats)."""
+    k, d = matrix.shape
+    offsets = pa.array(np.arange(0, (k + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))
 
 
 def _previous_assignments(catalog: Catalog, view: str) -> pa.Table | None:

@@ -26,9 +26,13 @@ Kernels
 FAISS (``IndexBinaryFlat.range_search``, single-threaded per call, about 1 ns per code pair)
 when ``faiss`` is installed (the ``ml`` extra), else numpy (``bitwise_count``, about 2 ns).
 Both give the same pairs. Work is spread over ``workers`` threads (FAISS and numpy release the
-GIL). :func:`plan_shards` cuts the search into independent shards (key ranges of a substring)
-whose outputs, concatenated and sorted, are the same result (:func:`run_shard`): the unit a
-cluster runner distributes (:func:`hamming_pairs_ray`: one Ray task per shard).
+GIL). :func:`plan_shards` cuts the search into independent shards (key ranges of a substring,
+or row ranges of the brute-force pass) whose outputs, concatenated and sorted, are the same
+result (:func:`run_shard`): the unit a cluster runs. Under the ``ray`` shard engine
+(:func:`exokiratory.engine.shards.shard_engine`, set by ``exokiratory run flags --engine ray``)
+:func:`hamming_pairs` runs the shards through :func:`~exokiratory.engine.shards.map_shards`:
+one Ray task per shard (:data:`SHARDS_PER_CPU` per cluster CPU and substring), the codes put
+once in the object store. Same pairs, same order.
 
 Memory: the codes, one sort order and one bucket table per substring (a few times 8 bytes per
 code), and each kernel call compares at most :data:`BLOCK_COMPARES` code pairs.
@@ -43,13 +47,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import combinations
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from exokiratory.engine.shards import current_engine, map_shards, parallelism, shard_engine
 from exokiratory.passes.sense.hashes import popcount
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,13 @@ BLOCK_COMPARES = 4_000_000
 
 KEYS_PER_TASK = 256
 """Occupied keys handled by one thread task (results are merged in key order)."""
+
+SHARD_KEYS = 4096
+"""Default most substring keys in one shard of :func:`plan_shards`."""
+
+SHARDS_PER_CPU = 4
+"""Shards per cluster CPU and substring on Ray (few, large shards: each one sorts the codes by
+its substring's key; enough of them to balance the load)."""
 
 
 @dataclass(frozen=True)
@@ -270,16 +282,28 @@ class _Bucketed:
         return np.concatenate(out_a), np.concatenate(out_b)
 
 
-def plan_shards(n: int, t: int, keys_per_shard: int = 4096) -> tuple[list[Substring], list[Shard]]:
-    """The plan for n codes at t and its shards (key ranges of each substring)."""
+def plan_shards(
+    n: int, t: int, keys_per_shard: int | None = SHARD_KEYS, min_shards: int = 1
+) -> tuple[list[Substring], list[Shard]]:
+    """The plan for n codes at t and its shards: key ranges of each substring (row ranges for
+    brute force), ``min_shards`` of them per substring when there are enough keys (rows), and
+    at most ``keys_per_shard`` keys (``64 * keys_per_shard`` rows) each unless it is None.
+    Each shard sorts the codes by its substring's key, so a cluster wants few large shards."""
     plan = plan_substrings(n, t)
+    want = max(1, min_shards)
     if not plan:
-        rows = max(1, keys_per_shard * 64)
+        rows = math.ceil(n / want)
+        if keys_per_shard is not None:
+            rows = min(rows, keys_per_shard * 64)
+        rows = max(1, rows)
         return plan, [Shard(-1, lo, min(n, lo + rows)) for lo in range(0, n, rows)]
     shards = []
     for index, sub in enumerate(plan):
         size = 1 << sub.width
-        step = max(1, keys_per_shard)
+        step = math.ceil(size / want)
+        if keys_per_shard is not None:
+            step = min(step, keys_per_shard)
+        step = max(1, step)
         shards += [Shard(index, lo, min(size, lo + step)) for lo in range(0, size, step)]
     return plan, shards
 
@@ -377,7 +401,7 @@ def hamming_pairs(
 
     Exact at any ``t`` (see the module docstring), sorted by (i, j). ``engine``: the Hamming
     kernel (``auto``: FAISS when installed, else numpy); ``workers``: threads (default: the
-    CPU count, at most 4).
+    CPU count, at most 4). Under the ``ray`` shard engine: Ray tasks over :func:`plan_shards`.
     """
     arr = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
     if t < 0:
@@ -386,6 +410,8 @@ def hamming_pairs(
     if arr.size < 2:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
+    if current_engine().name != "local":
+        return _pairs_on_shards(arr, t, engine)
     kernel = pick_kernel(engine)
     threads = default_workers() if workers is None else max(1, workers)
     plan = plan_substrings(arr.size, t)
@@ -410,22 +436,40 @@ def describe_plan(plan: Sequence[Substring]) -> dict[str, Any]:
 
 
 def hamming_pairs_ray(
-    codes: np.ndarray, t: int, engine: Engine = "auto", keys_per_shard: int = 4096
+    codes: np.ndarray, t: int, engine: Engine = "auto", keys_per_shard: int | None = None
 ) -> tuple[IntArray, IntArray]:
-    """:func:`hamming_pairs` as Ray tasks over :func:`plan_shards` (one task per shard, the
-    codes shared through the object store; the caller has started or connected Ray, e.g.
-    ``ray.init(address="auto")``). Same pairs, same order."""
-    import ray
-
+    """:func:`hamming_pairs` on Ray (``shard_engine("ray")``: connects to ``RAY_ADDRESS`` or
+    starts Ray unless this process is connected), with shards of at most ``keys_per_shard``
+    keys (default: :data:`SHARDS_PER_CPU` shards per cluster CPU per substring). Same pairs,
+    same order."""
     arr = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
     if t < 0:
         raise ValueError("threshold must be >= 0")
-    t = min(t, 64)
     if arr.size < 2:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    plan, shards = plan_shards(arr.size, t, keys_per_shard)
-    task = ray.remote(run_shard)
-    ref = ray.put(arr)
-    parts = ray.get([task.remote(ref, t, plan, s, engine, 1) for s in shards])
+    with shard_engine("ray", current_engine().address):
+        return _pairs_on_shards(arr, min(t, 64), engine, keys_per_shard)
+
+
+def _shard_task(
+    shard: Shard, codes: U64Array, t: int, plan: Sequence[Substring], engine: Engine
+) -> tuple[IntArray, IntArray]:
+    return run_shard(codes, t, plan, shard, engine, 1)
+
+
+def _pairs_on_shards(
+    arr: U64Array, t: int, engine: Engine, keys_per_shard: int | None = None
+) -> tuple[IntArray, IntArray]:
+    """The search as :func:`map_shards` over :func:`plan_shards` (:data:`SHARDS_PER_CPU`
+    shards per worker of the current shard engine and substring), the codes shared once."""
+    want = SHARDS_PER_CPU * parallelism()
+    plan, shards = plan_shards(arr.size, t, keys_per_shard, min_shards=want)
+    log.info("hamming search: %d codes, t=%d, %d shards", arr.size, t, len(shards))
+    parts = map_shards(
+        partial(_shard_task, t=t, plan=plan, engine=engine),
+        shards,
+        (arr,),
+        desc=f"hamming search ({arr.size} codes, t={t})",
+    )
     return sort_pairs(*_concat(parts))
