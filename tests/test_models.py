@@ -126,7 +126,16 @@ def test_pick_device_and_dtype() -> None:
     device.release_memory()
 
 
-def test_oom_backoff_halves() -> None:
+@pytest.fixture
+def releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the backoff's memory releases instead of running them: a full ``gc.collect()`` in a
+    worker that has loaded many models takes seconds (``release_memory`` itself runs above)."""
+    calls: list[int] = []
+    monkeypatch.setattr(device, "release_memory", lambda: calls.append(1))
+    return calls
+
+
+def test_oom_backoff_halves(releases: list[int]) -> None:
     seen: list[int] = []
 
     def fn(chunk: list[int]) -> list[int]:
@@ -139,14 +148,16 @@ def test_oom_backoff_halves() -> None:
     assert out == [x * 2 for x in range(10)]
     assert seen[:3] == [10, 8, 4]  # 16 -> 8 -> 4 -> 2, then stays at 2
     assert set(seen[3:]) == {2}
+    assert len(releases) == 3  # memory released before each of the 3 retries
 
 
-def test_oom_backoff_gives_up_at_one() -> None:
+def test_oom_backoff_gives_up_at_one(releases: list[int]) -> None:
     def fn(chunk: list[int]) -> list[int]:
         raise torch.cuda.OutOfMemoryError("always")
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         device.run_with_oom_backoff(fn, [1, 2, 3], batch_size=4)
+    assert len(releases) == 2  # 4 -> 2 -> 1, then the error itself
 
 
 def test_oom_backoff_other_errors_propagate() -> None:
