@@ -199,10 +199,9 @@ def test_synthetic_collection_duplicates(tmp_path: Path) -> None:
     assert len(set(hashes)) == 90
 
 
-def test_synthetic_collection_is_fast(tmp_path: Path) -> None:
-    start = time.perf_counter()
+def test_synthetic_collection_of_3000(tmp_path: Path) -> None:
+    # how fast it is, is bench/scan_throughput.py's business (no timed assertions in tests)
     relpaths = make_synthetic_collection(tmp_path, 3000, dup_every=50)
-    assert time.perf_counter() - start < 15
     assert len(relpaths) == 3000
 
 
@@ -231,9 +230,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[DemoItem]
     return root, items, time.perf_counter() - start
 
 
-def test_demo_is_fast_small_and_complete(demo: tuple[Path, list[DemoItem], float]) -> None:
-    root, items, elapsed = demo
-    assert elapsed < 10
+def test_demo_is_small_and_complete(demo: tuple[Path, list[DemoItem], float]) -> None:
+    root, items, _seconds = demo
     files = [p for p in root.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 15 * MB
     assert 60 <= len(items) <= 120
