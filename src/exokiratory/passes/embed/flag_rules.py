@@ -122,7 +122,7 @@ def embedding_outlier_columns(frame: FlagFrame, p: EmbeddingFlagParams) -> Colum
     spaces: Mapping[str, SpaceVectors] = frame.input("embeddings") or {}
     cache: KnnCache | None = frame.input("knn_cache")
     out: dict[str, Any] = {}
-    pos = _positions(frame)
+    pos = _positions(frame) if spaces else {}
     z = np.zeros(frame.n)
     for name in SPACES:
         d = np.full(frame.n, np.nan)

@@ -240,8 +240,13 @@ def near_duplicate_columns(frame: FlagFrame, p: NearDupParams) -> Columns:
 )
 def worth_gpu(frame: FlagFrame, p: RoutingParams) -> Columns:
     """The routing decision (see the module docstring)."""
-    status = np.array(frame.table.column("status").to_pylist(), dtype=object)
-    worth = (status == "ok") & frame.sensed & ~frame["is_junk"] & ~frame["is_near_duplicate"]
+    ok = pc.fill_null(pc.equal(frame.table.column("status"), "ok"), False)
+    worth = (
+        ok.to_numpy(zero_copy_only=False).astype(bool)
+        & frame.sensed
+        & ~frame["is_junk"]
+        & ~frame["is_near_duplicate"]
+    )
     if p.route_out_semantic_duplicates:
         worth &= ~frame["is_semantic_duplicate"]
     return {"is_worth_gpu": worth}

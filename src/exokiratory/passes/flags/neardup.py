@@ -62,6 +62,7 @@ from itertools import combinations, pairwise
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from exokiratory.passes.flags.hamming_search import Engine, hamming_pairs
 from exokiratory.passes.sense.hashes import hamming, popcount
@@ -456,29 +457,46 @@ def _quality_keys(
 
 
 def choose_canonicals(
-    ids: npt.NDArray[np.str_],
+    ids: npt.NDArray[np.str_] | pa.Array,
     labels: IntArray,
     quality: Mapping[str, Sequence[float] | np.ndarray] | None = None,
 ) -> IntArray:
-    """Index of the canonical member for each image's component (see module docstring)."""
-    keys = _quality_keys(ids.size, quality)
-    id_rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")
-    order = np.lexsort((id_rank, *reversed(keys), labels))
+    """Index of the canonical member for each image's component (see module docstring). A
+    singleton is its own canonical: only the members of larger components are sorted."""
+    n = len(ids)
+    keys = _quality_keys(n, quality)
+    labels = np.asarray(labels, dtype=np.int64)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    canon = np.arange(n, dtype=np.int64)
+    grouped = np.flatnonzero(counts[inverse.reshape(-1)] >= 2)
+    if grouped.size == 0:
+        return canon
+    sub_ids = (
+        ids.take(pa.array(grouped, pa.int64())).to_numpy(zero_copy_only=False)
+        if isinstance(ids, pa.Array)
+        else np.asarray(ids)[grouped]
+    )
+    id_rank = np.argsort(np.argsort(sub_ids, kind="stable"), kind="stable")
+    sub_labels = labels[grouped]
+    order = np.lexsort((id_rank, *(k[grouped] for k in reversed(keys)), sub_labels))
     first = np.ones(order.size, dtype=bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    canon_of_label = np.empty(ids.size, dtype=np.int64)
-    canon_of_label[labels[order][first]] = order[first]
-    return canon_of_label[labels]
+    first[1:] = sub_labels[order][1:] != sub_labels[order][:-1]
+    heads = order[first]
+    winner = dict(zip(sub_labels[heads].tolist(), grouped[heads].tolist(), strict=True))
+    canon[grouped] = [winner[label] for label in sub_labels.tolist()]
+    return canon
 
 
-def _validate(ids: Sequence[str], hashes: Mapping[str, np.ndarray]) -> npt.NDArray[np.str_]:
-    id_arr = np.asarray([str(x) for x in ids], dtype=np.str_)
-    if np.unique(id_arr).size != id_arr.size:
+def _validate(ids: Sequence[str], hashes: Mapping[str, np.ndarray]) -> pa.Array:
+    """The ids as an Arrow string array; errors for repeated ids and hash columns of another
+    length."""
+    id_list = [str(x) for x in ids]
+    if len(set(id_list)) != len(id_list):
         raise ValueError("image ids must be unique")
     for name, values in hashes.items():
-        if np.asarray(values).reshape(-1).size != id_arr.size:
+        if np.asarray(values).reshape(-1).size != len(id_list):
             raise ValueError(f"hash column {name!r} length differs from ids")
-    return id_arr
+    return pa.array(id_list, pa.string())
 
 
 def find_near_duplicates(
@@ -519,7 +537,7 @@ def group_near_duplicates(
     rules are merged before grouping, so a group may join images through different rules."""
     id_arr = _validate(ids, hashes)
     codes = {k: np.asarray(v, dtype=np.uint64).reshape(-1) for k, v in hashes.items()}
-    if id_arr.size < 2 or not codes:
+    if len(id_arr) < 2 or not codes:
         return OUTPUT_SCHEMA.empty_table()
     edges_i, edges_j = [], []
     for clauses, mask in rules:
@@ -535,16 +553,16 @@ def group_near_duplicates(
         edges_j.append(ej)
     ei = np.concatenate(edges_i) if edges_i else np.zeros(0, dtype=np.int64)
     ej = np.concatenate(edges_j) if edges_j else np.zeros(0, dtype=np.int64)
-    labels = connected_components(id_arr.size, ei, ej)
-    sizes = np.bincount(labels, minlength=id_arr.size)[labels]
+    labels = connected_components(len(id_arr), ei, ej)
+    sizes = np.bincount(labels, minlength=len(id_arr))[labels]
     canon = choose_canonicals(id_arr, labels, quality)
     prim = codes[primary] if primary in codes else next(iter(codes.values()))
     keep = np.flatnonzero(sizes >= 2)
-    keep = keep[np.argsort(id_arr[keep], kind="stable")]
+    keep = keep[pc.sort_indices(id_arr.take(pa.array(keep, pa.int64()))).to_numpy()]
     return pa.table(
         {
-            "image_id": pa.array(id_arr[keep].tolist(), pa.string()),
-            "dup_group_id": pa.array(id_arr[canon[keep]].tolist(), pa.string()),
+            "image_id": id_arr.take(pa.array(keep, pa.int64())),
+            "dup_group_id": id_arr.take(pa.array(canon[keep], pa.int64())),
             "is_canonical": pa.array(canon[keep] == keep, pa.bool_()),
             "dup_group_size": pa.array(sizes[keep].astype(np.int32), pa.int32()),
             "hash_distance_to_canonical": pa.array(

@@ -226,14 +226,10 @@ def semantic_columns(
     dense = _mix(clutter, ev.zs["zs_dense"], w)
     modality_scores[unsensed] = np.nan
     dense[unsensed] = np.nan
-    modality = np.array(MODALITIES, dtype=object)[best]
-    modality[unsensed] = None
-    sources = np.where(ev.has_cues, "pass1+cues", "pass1").astype(object)
-    sources = np.where(ev.has_zs, sources + "+zeroshot", sources)
-    sources[unsensed] = None
+    modality = pa.array(MODALITIES, pa.string()).take(pa.array(best, mask=unsensed))
     with np.errstate(invalid="ignore"):
         return {
-            "modality": pa.array(modality.tolist(), pa.string()),
+            "modality": modality,
             **{
                 f"modality_{m}_score": _f32(modality_scores[:, k]) for k, m in enumerate(MODALITIES)
             },
@@ -242,8 +238,16 @@ def semantic_columns(
             "is_human_present": pa.array(human_known & (human >= p.human_present_threshold)),
             "dense_scene_score": _f32(dense),
             "is_dense_scene": pa.array(sensed & (dense >= p.dense_scene_threshold)),
-            "semantic_inputs": pa.array(sources.tolist(), pa.string()),
+            "semantic_inputs": _sources(ev, unsensed),
         }
+
+
+def _sources(ev: Evidence, unsensed: np.ndarray) -> pa.Array:
+    """``pass1``, ``+cues`` where cues exist, ``+zeroshot`` where zero-shot rows exist; null for
+    unsensed rows (a dictionary of the four strings, taken: no Python string per row)."""
+    names = pa.array(["pass1", "pass1+cues", "pass1+zeroshot", "pass1+cues+zeroshot"])
+    code = ev.has_cues.astype(np.int64) + 2 * ev.has_zs.astype(np.int64)
+    return names.take(pa.array(code, mask=unsensed))
 
 
 def _human_present(

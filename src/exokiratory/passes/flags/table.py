@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from exokiratory.engine.flag_rules import (
     FlagFrame,
@@ -78,7 +79,8 @@ ORDER BY i.image_idx
 def sensed_rows(t: pa.Table) -> np.ndarray:
     """Rows with PASS 1 signals: no sense error and a finite entropy."""
     entropy = t.column("entropy_score").to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.array([e is None for e in t.column("sense_error").to_pylist()]) & np.isfinite(entropy)
+    no_error = pc.is_null(t.column("sense_error")).to_numpy(zero_copy_only=False)
+    return np.asarray(no_error, dtype=bool) & np.isfinite(entropy)
 
 
 def derive_flags(
@@ -87,23 +89,40 @@ def derive_flags(
     version: str,
     inputs: Mapping[str, Any] | None = None,
     rules: Sequence[FlagRule] | None = None,
+    dictionary_provenance: bool = False,
 ) -> pa.Table:
     """Flags for every registered image, from the joined input table (:func:`flags_input_sql`)
     and the rules' side inputs (``inputs``; a rule gets None for one that is absent).
-    ``rules``: another rule set than the registered one (tests, experiments)."""
+    ``rules``: another rule set than the registered one (tests, experiments).
+    ``dictionary_provenance``: ``flags_version`` and ``flags_params`` dictionary-encoded (one
+    string each, not one copy per row: the parameters are ~1 KB, so 1 GB at 10^6 rows); the
+    engine casts them to the schema's strings a slice at a time while writing
+    (:func:`exokiratory.engine.derive._write_table`), so the stored table is the same."""
     rules = flag_rules() if rules is None else compute_order(rules)
     frame = FlagFrame(t, sensed_rows(t), dict(inputs or {}))
     for rule in rules:
         frame.columns.update(rule.run(frame, p))
     params = json.dumps(p.model_dump(mode="json"), sort_keys=True)
+    schema = flags_schema(rules)
     cols = {
         "image_id": t.column("image_id"),
         "image_idx": t.column("image_idx"),
-        **{f.name: _to_arrow(frame.columns[f.name], f) for f in table_order(rules)},
-        "flags_version": [version] * t.num_rows,
-        "flags_params": [params] * t.num_rows,
+        **{f.name: _to_arrow(frame.columns.pop(f.name), f) for f in table_order(rules)},
+        "flags_version": _constant(version, t.num_rows, dictionary_provenance),
+        "flags_params": _constant(params, t.num_rows, dictionary_provenance),
     }
-    return pa.table(cols, schema=flags_schema(rules))
+    if dictionary_provenance:
+        for name in ("flags_version", "flags_params"):
+            i = schema.get_field_index(name)
+            schema = schema.set(i, schema.field(i).with_type(cols[name].type))
+    return pa.table(cols, schema=schema)
+
+
+def _constant(value: str, n: int, dictionary: bool) -> pa.Array:
+    """``value`` on ``n`` rows: plain strings, or a dictionary of one string."""
+    if dictionary:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+    return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def _to_arrow(values: Any, f: pa.Field) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from exokiratory.engine.flag_rules import Columns, FlagFrame, FlagInput, FlagSource, flag_rule
 from exokiratory.engine.step import PassParams
@@ -20,7 +21,9 @@ def _probe_errors(source: FlagSource) -> pa.Table | None:
     """The probe's error per row, when the probe view exists."""
     if "probe" not in source.catalog.views:
         return None
-    return source.aligned("SELECT image_id, error AS probe_error FROM probe")
+    return source.aligned(
+        "SELECT image_id, error AS probe_error FROM probe WHERE error IS NOT NULL"
+    )
 
 
 PROBE_ERRORS = FlagInput("probe_errors", _probe_errors)
@@ -37,17 +40,19 @@ def corrupt(frame: FlagFrame, p: PassParams) -> Columns:
     """Unreadable or undecodable, with the reason (see the module docstring)."""
     t = frame.table
     probe = frame.input("probe_errors")
-    probe_err: list[Any] = (
-        probe.column("probe_error").to_pylist() if probe is not None else [None] * frame.n
-    )
-    reason = [
-        scan_err if status == "unreadable" else (sense_err or probe_e)
-        for status, scan_err, sense_err, probe_e in zip(
-            t.column("status").to_pylist(),
-            t.column("scan_error").to_pylist(),
-            t.column("sense_error").to_pylist(),
-            probe_err,
-            strict=True,
-        )
-    ]
-    return {"is_corrupt": np.array([r is not None for r in reason]), "corrupt_reason": reason}
+    probe_err = probe.column("probe_error") if probe is not None else pa.nulls(frame.n)
+    sense_err = _strings(t.column("sense_error"))
+    # the sense error, unless null or empty, else the probe's
+    decode = pc.if_else(_true(pc.not_equal(sense_err, "")), sense_err, _strings(probe_err))
+    unreadable = _true(pc.equal(_strings(t.column("status")), "unreadable"))
+    reason = pc.if_else(unreadable, _strings(t.column("scan_error")), decode)
+    is_corrupt = np.asarray(pc.is_valid(reason).to_numpy(zero_copy_only=False), dtype=bool)
+    return {"is_corrupt": is_corrupt, "corrupt_reason": reason}
+
+
+def _strings(values: Any) -> Any:
+    return pc.cast(values, pa.string())
+
+
+def _true(mask: Any) -> Any:
+    return pc.fill_null(mask, False)
