@@ -6,7 +6,6 @@ SIGKILL then rerun, and (``real_weights``, online only) a real Florence-2."""
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -284,12 +283,12 @@ def test_an_invalid_prompt_registry_names_file_key_and_problem(tmp_path: Path) -
 def test_sigkill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     from .test_kill import _cli, _kill_at, _run_to_end
 
-    # one workspace up to the selection, copied twice (links to the shared models kept as links)
-    base = make_workspace(tmp_path / "base", 16, max_new_tokens=24, segment_max_new_tokens=24)
-    base.run(["caption-select"], progress=False)
-    for name in ("ref", "ws"):
-        shutil.copytree(tmp_path / "base", tmp_path / name, symlinks=True)
-    ref, ws = Workspace(tmp_path / "ref" / "ws"), Workspace(tmp_path / "ws" / "ws")
+    def workspace(name: str) -> Workspace:
+        ws = make_workspace(tmp_path / name, 16, max_new_tokens=24, segment_max_new_tokens=24)
+        ws.run(["caption-select"], progress=False)
+        return ws
+
+    ref, ws = workspace("ref"), workspace("ws")
     ref.run(["caption-factual"], batch_size=4, progress=False)  # uninterrupted, in process
     (p,) = ws.passes(["caption-factual"])
     ds = PartDataset(ws.storage, p.output_rel, p.key)  # type: ignore[attr-defined]

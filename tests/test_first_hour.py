@@ -121,7 +121,7 @@ def test_workers_die_with_the_runner(tmp_path: Path) -> None:
     from .corpus import make_synthetic_collection
 
     src = tmp_path / "src"
-    make_synthetic_collection(src, 320, seed=5)  # 16 batches
+    make_synthetic_collection(src, 800, seed=5)
     ws = Workspace.init(tmp_path / "ws", [str(src)], run=RunConfig(batch_size=20))
     ws.scan(progress=False)
     parts = Path(ws.storage.root) / "features" / "global" / "v1"
@@ -145,7 +145,7 @@ def test_workers_die_with_the_runner(tmp_path: Path) -> None:
     time.sleep(1.0)
     assert {p.name for p in parts.glob("*.parquet")} == written  # nothing written after
     (rest,) = ws.run(["sense"], progress=False)
-    assert rest.already_done + rest.processed == rest.wanted == 320
+    assert rest.already_done + rest.processed == rest.wanted == 800
 
 
 def _pgid(p: object) -> int | None:
@@ -168,7 +168,7 @@ def test_killed_runs_keep_their_batch_records(tmp_path: Path) -> None:
     from .corpus import make_synthetic_collection
 
     src = tmp_path / "src"
-    make_synthetic_collection(src, 200, seed=6)  # 20 batches
+    make_synthetic_collection(src, 400, seed=6)
     # compact_min_parts=0: the parts stay as written, so they can be compared with the log
     run = RunConfig(batch_size=10, compact_min_parts=0)
     ws = Workspace.init(tmp_path / "ws", [str(src)], run=run)

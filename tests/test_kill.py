@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -75,25 +74,15 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
-@pytest.fixture(scope="module")
-def scanned(tmp_path_factory: pytest.TempPathFactory, collection: Path) -> Path:
-    """The collection scanned once, uninterrupted, by a real ``scan`` process: the reference
-    of the scan test and (copied) the starting point of the run test. Tests only read it."""
-    root = tmp_path_factory.mktemp("kill-scanned") / "ws"
-    _workspace(root, collection)
-    _run_to_end(_cli(root, "scan"))
-    return root
+def test_sigkill_scan_then_rerun_equals_uninterrupted(tmp_path: Path, collection: Path) -> None:
+    ref = _workspace(tmp_path / "ref", collection)
+    _run_to_end(_cli(tmp_path / "ref", "scan"))
 
-
-def test_sigkill_scan_then_rerun_equals_uninterrupted(
-    tmp_path: Path, collection: Path, scanned: Path
-) -> None:
-    ref = Workspace(scanned)
     ws = _workspace(tmp_path / "ws", collection)
     rng = random.Random(1234)
     partial_states = []
     images = PartDataset(ws.storage, IMAGES, ("image_id",))
-    for i in range(3):  # start-up, then twice mid-work (a resumed run killed again)
+    for i in range(4):
         cmd = _cli(tmp_path / "ws", "scan", "--force")
         if i == 0:  # during start-up
             killed = _kill_at(cmd, rng.uniform(0.05, 0.4))
@@ -114,18 +103,17 @@ def test_sigkill_scan_then_rerun_equals_uninterrupted(
     assert ref.images().num_rows == raw.num_rows
 
 
-def test_sigkill_run_then_rerun_equals_uninterrupted(tmp_path: Path, scanned: Path) -> None:
-    # both start from the same uninterrupted scan (copied: the module's one stays untouched)
-    shutil.copytree(scanned, tmp_path / "ref")
-    shutil.copytree(scanned, tmp_path / "ws")
-    ref = Workspace(tmp_path / "ref")
+def test_sigkill_run_then_rerun_equals_uninterrupted(tmp_path: Path, collection: Path) -> None:
+    ref = _workspace(tmp_path / "ref", collection)
+    _run_to_end(_cli(tmp_path / "ref", "scan"))
     _run_to_end(_cli(tmp_path / "ref", "run", "probe", "--workers", "2"))
 
-    ws = Workspace(tmp_path / "ws")
+    ws = _workspace(tmp_path / "ws", collection)
+    _run_to_end(_cli(tmp_path / "ws", "scan"))
     rng = random.Random(99)
     ds = PartDataset(ws.storage, "features/probe/v1", ("image_id",))
     states = []
-    for i in range(3):  # start-up, then twice mid-work (a resumed run killed again)
+    for i in range(4):
         cmd = _cli(tmp_path / "ws", "run", "probe", "--workers", "2")
         if i == 0:  # during start-up
             killed = _kill_at(cmd, rng.uniform(0.05, 0.4))

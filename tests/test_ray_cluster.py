@@ -9,7 +9,7 @@ node's processes in one group); by hand, ``ray stop`` on every machine does it."
 from __future__ import annotations
 
 import contextlib
-import logging
+import json
 import os
 import re
 import shutil
@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
@@ -167,52 +166,63 @@ def test_flags_on_a_two_node_cluster_equal_local(
     assert jobs and {j["engine"] for j in jobs} == {"ray"}
 
 
-def test_sharded_ivf_on_a_two_node_cluster_equals_local(
-    cluster: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    faiss = pytest.importorskip("faiss")
-    from exokiratory.engine.shards import imap_shards, map_shards, shard_engine
-    from exokiratory.search import ivf
+#: run in a process of its own: a Ray driver inside the pytest worker can take the worker down
+#: with it (a lost connection ends a driver's process)
+_IVF_ON_CLUSTER = """
+import json, logging, sys, time
+import faiss, numpy as np, ray
+from exokiratory.engine.shards import imap_shards, map_shards, shard_engine
+from exokiratory.search import ivf
 
-    rng = np.random.default_rng(3)
-    centres = rng.standard_normal((10, 24)).astype(np.float32)
-    x = centres[rng.integers(0, 10, 3000)] + 0.3 * rng.standard_normal((3000, 24))
-    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+rng = np.random.default_rng(3)
+centres = rng.standard_normal((10, 24)).astype(np.float32)
+x = centres[rng.integers(0, 10, 3000)] + 0.3 * rng.standard_normal((3000, 24))
+x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
-    def chunks() -> Iterator[ivf.Chunk]:
-        for lo in range(0, 3000, 250):
-            yield np.arange(lo, lo + 250, dtype=np.int64), x[lo : lo + 250]
+def chunks():
+    for lo in range(0, 3000, 250):
+        yield np.arange(lo, lo + 250, dtype=np.int64), x[lo : lo + 250]
 
-    local, _, _ = ivf.build_ivf("ivfsq8", np.arange(3000), 24, chunks)
-    monkeypatch.setattr(ivf, "SHARD_ROWS", 500)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def slow_node(item):  # long enough for the tasks to use every node
+    time.sleep(0.5)
+    return str(ray.get_runtime_context().get_node_id())
 
-    def slow_node(item: int) -> str:  # long enough for SPREAD to use every node
-        time.sleep(0.5)
-        return str(ray.get_runtime_context().get_node_id())
-
-    ray.init(address=cluster, log_to_driver=False)
-    try:
-        with caplog.at_level(logging.INFO), shard_engine("ray"):
-            built, _, added = ivf.build_ivf("ivfsq8", np.arange(3000), 24, chunks, imap=imap_shards)
-            used: set[str] = set()
-            for _ in range(6):  # a loaded machine may start the worker node's process late
-                used |= set(map_shards(slow_node, range(4)))
-                if len(used) == 2:
-                    break
-        alive = sum(n["Alive"] for n in ray.nodes())
-    finally:
-        ray.shutdown()
-    assert added == 3000 and alive == 2 and len(used) == 2
-    assert re.search(r"6 shards as Ray tasks on \d of 2 node", caplog.text), caplog.text
-    assert np.array_equal(faiss.serialize_index(built), faiss.serialize_index(local))
-    q = x[:50]
-    assert np.array_equal(built.search(q, 5)[1], local.search(q, 5)[1])
+local, _, _ = ivf.build_ivf("ivfsq8", np.arange(3000), 24, chunks)
+ivf.SHARD_ROWS = 500
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+ray.init(address=sys.argv[1], log_to_driver=False)
+with shard_engine("ray"):
+    built, _, added = ivf.build_ivf("ivfsq8", np.arange(3000), 24, chunks, imap=imap_shards)
+    used = set()
+    for _ in range(6):  # a loaded machine may start the worker node's process late
+        used |= set(map_shards(slow_node, range(4)))
+        if len(used) == 2:
+            break
+alive = sum(n["Alive"] for n in ray.nodes())
+ray.shutdown()
+same = bool(np.array_equal(faiss.serialize_index(built), faiss.serialize_index(local)))
+hits = bool(np.array_equal(built.search(x[:50], 5)[1], local.search(x[:50], 5)[1]))
+print(json.dumps({"added": int(added), "alive": alive, "used": len(used), "same": same,
+                  "hits": hits}))
+"""
 
 
-def test_index_build_engine_ray_writes_the_local_index(
-    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sharded_ivf_on_a_two_node_cluster_equals_local(cluster: str) -> None:
+    pytest.importorskip("faiss")
+    out = subprocess.run(
+        [sys.executable, "-c", _IVF_ON_CLUSTER, cluster],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"added": 3000, "alive": 2, "used": 2, "same": True, "hits": True}
+    assert re.search(r"6 shards as Ray tasks on \d of 2 node", out.stderr), out.stderr[-3000:]
+
+
+def test_index_build_engine_ray_writes_the_local_index(cluster: str, tmp_path: Path) -> None:
     """``Workspace.build_index(engine="ray")`` (``index build --engine ray``): the same bytes."""
     pytest.importorskip("torch")
     pytest.importorskip("faiss")
@@ -230,14 +240,15 @@ def test_index_build_engine_ray_writes_the_local_index(
     w.run(["embed-clip"], workers=1)
     shutil.copytree(tmp_path / "ws", tmp_path / "ws_ray")
     w.build_index("clip", kind="ivfsq8")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    try:
-        rep = Workspace(tmp_path / "ws_ray").build_index(
-            "clip", kind="ivfsq8", engine="ray", ray_address=cluster
-        )
-        assert ray.is_initialized()  # the build connected to the cluster
-    finally:
-        ray.shutdown()
-    assert rep.kind == "ivfsq8" and rep.added == 4
+    cmd = [sys.executable, "-m", "exokiratory", "index", "build", "clip", "--kind", "ivfsq8"]
+    out = subprocess.run(  # the CLI in its own process (see _IVF_ON_CLUSTER)
+        [*cmd, "-w", str(tmp_path / "ws_ray"), "--engine", "ray", "--ray-address", cluster],
+        env={**ENV, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "index clip: ivfsq8, 4 vectors (4 added)" in out.stdout, out.stdout
     local = (tmp_path / "ws" / "indices" / "clip.faiss").read_bytes()
     assert (tmp_path / "ws_ray" / "indices" / "clip.faiss").read_bytes() == local

@@ -307,7 +307,7 @@ def test_sigkill_segment_stats_then_rerun_equals_uninterrupted(tmp_path: Path) -
     ds = PartDataset(ws.storage, "segments/stats/v1", ("segment_id",))
     rng = random.Random(5)
     states = []
-    for i in range(3):  # start-up, then twice mid-work (a resumed run killed again)
+    for i in range(4):
         cmd = _cli(tmp_path / "ws", "run", "segment-stats", "--workers", "2")
         if i == 0:
             killed = _kill_at(cmd, rng.uniform(0.05, 0.4))
