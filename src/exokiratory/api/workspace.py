@@ -28,7 +28,7 @@ from exokiratory.core.storage import Storage
 from exokiratory.engine import registry
 from exokiratory.engine.compaction import MANIFEST_RULES, compaction_rules, pass_rule
 from exokiratory.engine.derive import DeriveReport, run_derivation
-from exokiratory.engine.executors import make_executor
+from exokiratory.engine.executors import Executor, make_executor
 from exokiratory.engine.run import RunReport, run_pass
 from exokiratory.engine.shards import ShardEngine, imap_shards, shard_engine
 from exokiratory.engine.step import BatchContext, Derivation, Pass, Resource, Step
@@ -249,8 +249,8 @@ class Workspace:
         batches and the shard work of derivations (:mod:`exokiratory.engine.shards`) on Ray
         (``ray_address``, default: the config's ``run.ray_address``, then ``RAY_ADDRESS``)."""
         names = registry.expand([passes] if isinstance(passes, str) else passes)
-        wanted = self.passes(names)  # unknown names first: an error whatever the state
-        if any(isinstance(s, Pass) for s in wanted) and not self.storage.list_files(
+        steps = self.passes(names)  # unknown names first: an error whatever the state
+        if any(isinstance(s, Pass) for s in steps) and not self.storage.list_files(
             IMAGES, ".parquet"
         ):
             raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
@@ -265,7 +265,6 @@ class Workspace:
         shards = ShardEngine.named(executor.name, address)
         reports: list[RunReport | DeriveReport] = []
         explicit = "all" not in names
-        steps = self.passes(names)
         if all_images:
             for step in steps:
                 step.route_all_images()
@@ -283,34 +282,48 @@ class Workspace:
                 continue
             if not isinstance(p, Pass):
                 raise TypeError(f"{p.name}: a step is a Pass or a Derivation")
-            # A model pass runs one model per process: in-process locally (torch uses every core
-            # itself, and a GPU holds one copy), one GPU per task on Ray.
-            ex = (
-                executor
-                if (p.resources is not Resource.GPU or executor.name == "ray")
-                else make_executor("local", 1)
-            )
-            rep = run_pass(
-                p,
-                self.storage,
-                self.batch_context(),
-                ex,
-                batch_size=batch_size or rc.batch_size,
-                limit=limit,
-                retry_errors=retry_errors,
-                progress=progress,
-                catalog=self.catalog,
-            )
-            log.debug("%s", rep.summary())
+            size = batch_size or rc.batch_size
+            rep = self._run_pass(p, executor, size, limit, retry_errors, progress)
             reports.append(rep)
             history.after(p.name, rep)
-            if rep.processed:  # before the derivations that read it fingerprint its listing
-                self._auto_compact([pass_rule(p)])
-            if p.resources is Resource.GPU and ex.name == "local":
-                release_models()
         if not explicit:
             reports.extend(self._refresh_derivations(steps, reports, history, shards))
         return reports
+
+    def _run_pass(
+        self,
+        p: Pass,
+        executor: Executor,
+        batch_size: int,
+        limit: int | None,
+        retry_errors: bool,
+        progress: bool | None,
+    ) -> RunReport:
+        """One batch pass through the runner, then its compaction and model release."""
+        # A model pass runs one model per process: in-process locally (torch uses every core
+        # itself, and a GPU holds one copy), one GPU per task on Ray.
+        ex = (
+            executor
+            if (p.resources is not Resource.GPU or executor.name == "ray")
+            else make_executor("local", 1)
+        )
+        rep = run_pass(
+            p,
+            self.storage,
+            self.batch_context(),
+            ex,
+            batch_size=batch_size,
+            limit=limit,
+            retry_errors=retry_errors,
+            progress=progress,
+            catalog=self.catalog,
+        )
+        log.debug("%s", rep.summary())
+        if rep.processed:  # before the derivations that read it fingerprint its listing
+            self._auto_compact([pass_rule(p)])
+        if p.resources is Resource.GPU and ex.name == "local":
+            release_models()
+        return rep
 
     def _structure_recorder(self) -> Recorder:
         from exokiratory.passes.stop.snapshot import Recorder

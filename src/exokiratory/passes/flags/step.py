@@ -64,7 +64,6 @@ class FlagsDerivation(Derivation[PassParams]):
                 raise ValueError(nothing)
             raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
         rules = flag_rules()
-        _return_freed_memory(catalog)
         table = catalog.query(flags_input_sql(feature_columns(rules)))  # one row per image
         if not table.num_rows:
             raise ValueError(nothing)
@@ -73,15 +72,3 @@ class FlagsDerivation(Derivation[PassParams]):
         return derive_flags(
             table, self.params, self.full_version, inputs, dictionary_provenance=True
         )
-
-
-def _return_freed_memory(catalog: Catalog) -> None:
-    """The input query's working memory (~600 MB at 10^6 images) stays in DuckDB's allocator
-    after the query unless its background threads hand it back to the system (DuckDB >= 1.1;
-    an older one keeps it)."""
-    import duckdb
-
-    try:
-        catalog.rows("SET allocator_background_threads = true")
-    except duckdb.Error as exc:
-        log.debug("DuckDB cannot return freed memory in the background: %s", exc)
