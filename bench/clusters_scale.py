@@ -43,7 +43,8 @@ from exokiratory.core.layout import IMAGES, PATHS
 from exokiratory.core.manifest import IMAGES_SCHEMA, PATHS_SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parent))
-from index_scale import DIM, _centres, labelled_vectors
+import index_scale
+from index_scale import _centres, labelled_vectors
 from scale_catalog import _table
 
 PART_ROWS = 10_000
@@ -97,7 +98,9 @@ def build(root: Path, n: int) -> Workspace:
             f"{PATHS}/part-{lo:012d}.parquet", _table(PATHS_SCHEMA, m, lo, rng)
         )
         x16, _ = labelled_vectors(1000 + p, m, CLUSTERS)
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(x16.reshape(-1), pa.float16()), DIM)
+        emb = pa.FixedSizeListArray.from_arrays(
+            pa.array(x16.reshape(-1), pa.float16()), index_scale.DIM
+        )
         cols = {
             "image_id": image_ids(lo, m),
             "image_idx": np.arange(lo, lo + m, dtype=np.int64),
@@ -108,6 +111,15 @@ def build(root: Path, n: int) -> Workspace:
         }
         ds.write_part(f"part-{lo:012d}", pa.table(cols, schema=schema))
     return ws
+
+
+def set_cluster_size(ws_root: Path, size: int) -> None:
+    """``cluster_size`` of ``clusters-clip`` in the workspace config (fewer clusters: cheaper)."""
+    cfg = ws_root / "exokiratory.yaml"
+    text = cfg.read_text()
+    line = f"  clusters-clip: {{cluster_size: {size}}}\n"
+    if "clusters-clip:" not in text:
+        cfg.write_text(text.replace("passes:\n", "passes:\n" + line))
 
 
 def timed(cmd: list[str], cwd: Path) -> dict[str, Any]:
@@ -171,11 +183,11 @@ def _rows(ws: Workspace, p: int, lo: int, n: int, rows: np.ndarray) -> np.ndarra
     m = min(PART_ROWS, n - lo)
     sel = rows[(rows >= lo) & (rows < lo + m)] - lo
     if sel.size == 0:
-        return np.zeros((0, DIM), np.float16)
+        return np.zeros((0, index_scale.DIM), np.float16)
     (embed,) = ws.passes(["embed-clip"])
     rel = f"{embed.output_rel}/part-{lo:012d}.parquet"  # type: ignore[attr-defined]
     col = ws.storage.read_parquet(rel).column("embedding").combine_chunks().take(pa.array(sel))
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(sel.size, DIM)
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(sel.size, index_scale.DIM)
 
 
 def compare(ws: Workspace) -> dict[str, Any]:
@@ -245,23 +257,29 @@ def main() -> None:
     ap.add_argument("--skip-index", action="store_true")
     ap.add_argument("--synthetic", type=int, help="only compare_synthetic() on this many rows")
     ap.add_argument("--planted", type=int, default=500, help="planted clusters of --synthetic")
+    ap.add_argument("--dim", type=int, default=index_scale.DIM, help="vector size (768)")
+    ap.add_argument("--cluster-size", type=int, help="clusters-clip's cluster_size (30)")
     args = ap.parse_args()
+    index_scale.DIM = args.dim  # the generator reads it when called
     if args.synthetic:
         print(json.dumps(compare_synthetic(args.synthetic, args.planted)), flush=True)
         return
     exe = str(Path(sys.executable).with_name("exokiratory"))
     for n in args.n or [100_000]:
-        root = (args.keep / f"clusters-{n}") if args.keep else Path(tempfile.mkdtemp())
+        name = f"clusters-{n}" + (f"x{args.dim}" if args.dim != 768 else "")
+        root = (args.keep / name) if args.keep else Path(tempfile.mkdtemp())
         try:
             if not (root / "ws").exists():
                 t = time.perf_counter()
                 build(root, n)
                 print(
-                    f"## {n:,} x {DIM}: workspace written in {time.perf_counter() - t:.1f} s",
+                    f"## {n:,} x {args.dim}: workspace written in {time.perf_counter() - t:.1f} s",
                     flush=True,
                 )
             ws = Workspace(str(root / "ws"))
             out: dict[str, Any] = {"n": n}
+            if args.cluster_size:
+                set_cluster_size(root / "ws", args.cluster_size)
             out["clusters"] = timed([exe, "run", "clusters-clip"], root / "ws")
             out.update(quality(ws, n))
             if args.compare:

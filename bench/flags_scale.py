@@ -132,11 +132,17 @@ def profile(ws: Workspace, top: int = 30) -> None:
     pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
 
 
-def one_size(n: int, keep: Path | None, do_profile: bool, embeddings: bool) -> None:
+def one_size(
+    n: int,
+    keep: Path | None,
+    do_profile: bool,
+    embeddings: bool,
+    sizes: dict[str, int] | None = None,
+) -> None:
     root = Path(tempfile.mkdtemp(dir=keep))
     try:
         t = time.perf_counter()
-        ws = build(root, n, overrides(n))
+        ws = build(root, n, overrides(n), **(sizes or {}))
         if embeddings:
             add_embeddings(ws, n)
         print(
@@ -168,10 +174,17 @@ def main() -> None:
     ap.add_argument(
         "--embeddings", action="store_true", help="CLIP and DINOv2 embeddings of every image"
     )
+    ap.add_argument("--manifest-rows", type=int, help="rows per manifest part (2,000)")
+    ap.add_argument("--pass-rows", type=int, help="rows per probe/sense part (256)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sizes = {
+        name: value
+        for name, value in (("manifest_rows", args.manifest_rows), ("pass_rows", args.pass_rows))
+        if value
+    }
     for n in args.images or [1_000_000]:
-        one_size(n, args.keep, args.profile, args.embeddings)
+        one_size(n, args.keep, args.profile, args.embeddings, sizes)
 
 
 if __name__ == "__main__":

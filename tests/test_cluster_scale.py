@@ -169,3 +169,85 @@ def test_clusters_derivation_two_level_and_flat_index(tmp_path: Path) -> None:
     assert report.total == len(labels)
     hits = indices.search_vectors(ws.storage, "clip", x[:3].astype(np.float32), 1)
     assert hits.column("image_idx").to_pylist() == [0, 1, 2]
+
+
+def _shuffled_chunks(x: np.ndarray, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of ``x`` as (ids, float32 vectors) chunks of uneven sizes in a random order,
+    as parts arrive from storage."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    cuts = np.sort(rng.choice(np.arange(1, len(x)), 7, replace=False))
+    for rows in np.split(order, cuts):
+        yield rows.astype(np.int64), x[rows].astype(np.float32)
+
+
+@pytest.mark.parametrize("two_level_min_k", [2, 10**6])
+def test_streamed_hierarchy_equals_the_in_memory_fit(
+    monkeypatch: pytest.MonkeyPatch, two_level_min_k: int
+) -> None:
+    """Fitted on the gathered training sample and assigned from shuffled chunks in shards, the
+    hierarchy is the in-memory one: the same centroids, labels at every level and cosines."""
+    monkeypatch.setattr(clustering, "TRAIN_SAMPLE_MAX", 300)  # n = 960 > 300: a real sample
+    x, _ = _blobs(24, 40, seed=5)
+    ks, kw = [24, 6, 2], {"seed": 3, "two_level_min_k": two_level_min_k}
+    levels = clustering.hierarchical_kmeans(x, ks, **kw)
+    train = x[clustering.training_positions(len(x), 3)]
+    assert len(train) == 300
+    hier = clustering.fit_hierarchy(train, ks, **kw)
+    labels, sims = clustering.stream_hierarchy(
+        _shuffled_chunks(x, 1), np.arange(len(x)), hier, shard_rows=100
+    )
+    assert (hier.cells is not None) == (two_level_min_k == 2)
+    for li, lv in enumerate(levels):
+        assert np.array_equal(hier.centroids[li], lv.centroids)
+        assert np.array_equal(hier.parents[li], lv.parents)
+        assert np.array_equal(labels[li], lv.assignments)
+        ref = clustering.row_similarity(x, lv.centroids, lv.assignments)
+        assert np.array_equal(sims[li], ref)
+
+
+def test_streamed_assignment_refuses_missing_or_extra_rows() -> None:
+    x, _ = _blobs(4, 10)
+    hier = clustering.fit_hierarchy(x, [4, 2])
+    chunks = list(_shuffled_chunks(x, 0))
+    with pytest.raises(RuntimeError, match="changed while they were read"):
+        clustering.stream_hierarchy(chunks[1:], np.arange(len(x)), hier)
+    with pytest.raises(RuntimeError, match="changed while they were read"):
+        clustering.stream_hierarchy([*chunks, chunks[0]], np.arange(len(x)), hier)
+
+
+def test_clusters_derivation_streams_above_the_training_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the training sample size, ``run clusters-clip`` fits on the sampled rows read from
+    the parts and assigns every row in a second streamed pass: the same tables as the fit of
+    the whole matrix in memory, and never the whole matrix (the reads are counted)."""
+    monkeypatch.setattr(clustering, "TRAIN_SAMPLE_MAX", 150)
+    x, labels = _blobs(8, 60, seed=2)
+    ws = _workspace(tmp_path, {"cluster_size": 15, "max_levels": 2})
+    _part(ws, "part-a", np.arange(200), x[:200], None)
+    _part(ws, "part-b", np.arange(200, len(x)), x[200:], None)
+    gathered: list[int] = []
+    real_gather = indices.gather_rows
+
+    def counting(chunks, wanted, dim):  # type: ignore[no-untyped-def]
+        out = real_gather(chunks, wanted, dim)
+        gathered.append(len(out))
+        return out
+
+    monkeypatch.setattr(indices, "gather_rows", counting)
+    ws.run(["clusters-clip"])
+    assert gathered == [150]  # only the training sample was ever held
+    levels = clustering.hierarchical_kmeans(x, [32, 4], seed=0)
+    t = ws.sql("SELECT level, cluster_id, similarity FROM clusters_clip ORDER BY level, image_idx")
+    for li, lv in enumerate(levels):
+        got = t.filter(pa.compute.equal(t.column("level"), li))
+        assert np.array_equal(got.column("cluster_id").to_numpy(), lv.assignments)
+        ref = clustering.row_similarity(x, lv.centroids, lv.assignments)
+        assert np.array_equal(got.column("similarity").to_numpy(), ref)
+    assert (
+        adjusted_rand_score(
+            labels, t.filter(pa.compute.equal(t.column("level"), 1)).column("cluster_id").to_numpy()
+        )
+        > 0.3
+    )

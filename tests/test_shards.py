@@ -173,12 +173,17 @@ def test_ray_map_in_order_and_failures() -> None:
             assign = partial(cl.assign_to_centroids, y, cents, 256)
             on_ray_assign = assign(imap=imap_shards)  # 3000 rows: 1 shard of 16 batches
             on_ray_small = cl.assign_to_centroids(y, cents, 64, imap=imap_shards)  # 3 shards
+            hier = cl.fit_hierarchy(y, [64, 8], two_level_min_k=16)
+            stream = partial(cl.stream_hierarchy, ids=np.arange(3000), hier=hier, shard_rows=700)
+            on_ray_stream = stream(_chunks(y, 256), imap=imap_shards)  # 4 shards as tasks
         ref = hs.hamming_pairs(codes, 12)
         assert np.array_equal(i, ref[0]) and np.array_equal(j, ref[1])
         for got in (on_ray_assign, on_ray_small):  # cluster assignment: the same labels
             local_assign = assign()
             assert np.array_equal(got[0], local_assign[0])
             assert np.array_equal(got[1], local_assign[1])
+        local_stream = stream(_chunks(y, 256))
+        assert all(np.array_equal(a, b) for a, b in zip(on_ray_stream, local_stream, strict=True))
         local, _, _ = build(lambda: _chunks(x, 256))
         assert np.array_equal(faiss.serialize_index(on_ray), faiss.serialize_index(local))
     finally:

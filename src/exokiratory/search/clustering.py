@@ -13,6 +13,11 @@ Memory: the input may be float16 (the stored embeddings, :func:`.indices.load_em
 rows are converted to float32 and normalised only a batch at a time (training sample, assignment
 batch, similarity batch). From :data:`TWO_LEVEL_MIN_K` clusters a level is fitted coarse then
 fine (:func:`two_level_kmeans`) and assigned approximately; below it, the exact one-level fit.
+
+Data that does not fit in memory: the fit reads only the training rows (:func:`fit_kmeans`,
+:func:`fit_hierarchy` on the rows :func:`training_positions` names, the same fit as on the whole
+matrix), and :func:`stream_hierarchy` assigns rows arriving as chunks in any order, shard by
+shard (here or as cluster tasks): the image clusters never hold the n x d matrix.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
-from exokiratory.search.ivf import ShardMap
+from exokiratory.search.ivf import Chunk, ShardMap, shard_chunks
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +140,35 @@ def spherical_kmeans(
         raise ValueError(f"k must be in [1, {n}] for {n} vectors, got {k}")
     if k == 1:
         return _one_cluster(x)
+    centroids, cells = fit_kmeans(
+        x, k, seed=seed, niter=niter, two_level_min_k=two_level_min_k, probe=probe
+    )
+    assign, sim = assign_to_centroids(x, centroids, cells=cells, imap=imap)
+    return KMeansResult(assign, centroids, sim)
+
+
+def fit_kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 25,
+    two_level_min_k: int = TWO_LEVEL_MIN_K,
+    probe: int = ASSIGN_PROBE,
+) -> tuple[np.ndarray, CoarseCells | None]:
+    """The fit of :func:`spherical_kmeans` without the assignment: (float32 ``(k, d)`` unit
+    centroids, the coarse cells of a two-level fit or None). It reads only the training rows:
+    ``x`` itself up to :data:`TRAIN_SAMPLE_MAX` rows, else the rows :func:`sample_rows` picks,
+    so ``fit_kmeans(x[sample_rows(n, seed, TRAIN_SAMPLE_MAX)], ...)`` is the same fit as
+    ``fit_kmeans(x, ...)`` (how :func:`stream_hierarchy`'s caller fits without holding ``x``).
+    ``2 <= k <= rows``."""
+    n = x.shape[0]
+    if not 2 <= k <= n:
+        raise ValueError(f"k must be in [2, {n}] for {n} vectors, got {k}")
     if k >= two_level_min_k:
         rows = sample_rows(n, seed, TRAIN_SAMPLE_MAX) if n > TRAIN_SAMPLE_MAX else None
-        return two_level_kmeans(x, k, rows=rows, seed=seed, niter=niter, probe=probe, imap=imap)
-    centroids = fit_centroids(training_rows(x, seed), k, seed, niter)
-    assign, sim = assign_to_centroids(x, centroids, imap=imap)
-    return KMeansResult(assign, centroids, sim)
+        return fit_two_level(x, k, rows=rows, seed=seed, niter=niter, probe=probe)
+    return fit_centroids(training_rows(x, seed), k, seed, niter), None
 
 
 def _one_cluster(x: np.ndarray) -> KMeansResult:
@@ -179,8 +207,10 @@ def fit_centroids(train: np.ndarray, k: int, seed: int, niter: int) -> np.ndarra
     return normalise_rows(np.asarray(km.centroids))
 
 
-def training_sample(x: np.ndarray, seed: int, size: int = TRAIN_SAMPLE_MAX) -> np.ndarray:
-    """``x`` itself up to ``size`` rows, else a seeded sample of ``size`` rows (in row order)."""
+def training_sample(x: np.ndarray, seed: int, size: int | None = None) -> np.ndarray:
+    """``x`` itself up to ``size`` (default :data:`TRAIN_SAMPLE_MAX`) rows, else a seeded sample
+    of ``size`` rows (in row order)."""
+    size = TRAIN_SAMPLE_MAX if size is None else size
     if x.shape[0] <= size:
         return x
     return np.ascontiguousarray(x[sample_rows(x.shape[0], seed, size)])
@@ -192,9 +222,10 @@ def sample_rows(n: int, seed: int, size: int) -> np.ndarray:
     return np.sort(rng.choice(n, size, replace=False))
 
 
-def training_rows(x: np.ndarray, seed: int, size: int = TRAIN_SAMPLE_MAX) -> np.ndarray:
+def training_rows(x: np.ndarray, seed: int, size: int | None = None) -> np.ndarray:
     """The unit float32 rows of :func:`training_sample` (every row up to ``size`` rows),
     gathered and normalised in batches (no float32 copy of a float16 ``x``)."""
+    size = TRAIN_SAMPLE_MAX if size is None else size
     if x.shape[0] <= size:
         return unit_rows(x)
     return unit_rows(x, sample_rows(x.shape[0], seed, size))
@@ -340,6 +371,22 @@ def two_level_kmeans(
     ``bench/clusters_scale.py``. Training costs about ``niter x (sqrt(k) + k / sqrt(k)) x rows x
     d`` instead of ``niter x k x rows x d``. Rows are gathered from ``x`` and normalised batch
     by batch (no float32 copy of the training rows). Seeded and deterministic."""
+    centroids, cells = fit_two_level(x, k, rows=rows, seed=seed, niter=niter, probe=probe)
+    assign, sim = assign_to_centroids(x, centroids, cells=cells, imap=imap)
+    return KMeansResult(assign, centroids, sim)
+
+
+def fit_two_level(
+    x: np.ndarray,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    seed: int = 0,
+    niter: int = 25,
+    probe: int = ASSIGN_PROBE,
+) -> tuple[np.ndarray, CoarseCells]:
+    """The fit of :func:`two_level_kmeans` (fine centroids, coarse cells), reading only the
+    rows ``rows`` of ``x`` (None: every row)."""
     train = np.arange(x.shape[0]) if rows is None else np.asarray(rows, np.int64)
     if not 2 <= k <= train.size:
         raise ValueError(f"k must be in [2, {train.size}] for {train.size} training rows, got {k}")
@@ -367,8 +414,7 @@ def two_level_kmeans(
     cells = CoarseCells(coarse, np.concatenate([[0], np.cumsum(shares)]).astype(np.int64), probe)
     centroids = np.ascontiguousarray(np.concatenate(fine), dtype=np.float32)
     log.info("two-level k-means: k = %d in %d coarse cells, %d probed per row", k, k1, probe)
-    assign, sim = assign_to_centroids(x, centroids, cells=cells, imap=imap)
-    return KMeansResult(assign, centroids, sim)
+    return centroids, cells
 
 
 def _fit_cell(rows: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
@@ -471,27 +517,180 @@ def hierarchical_kmeans(
 ) -> list[Level]:
     """Nested spherical k-means: level 0 clusters ``x`` (float16 or float32) into ``ks[0]``
     clusters, level i clusters level i-1's centroids into ``ks[i]`` (``ks`` must decrease);
-    levels with at least ``two_level_min_k`` clusters are fitted in two levels. ``imap``: the
-    assignment of the rows of ``x`` as cluster tasks (:func:`assign_to_centroids`)."""
+    levels with at least ``two_level_min_k`` clusters are fitted in two levels
+    (:func:`fit_hierarchy`). ``imap``: the assignment of the rows of ``x`` as cluster tasks
+    (:func:`assign_to_centroids`). For rows that do not fit in memory:
+    :func:`stream_hierarchy`."""
+    _check_ks(ks)
+    x = np.atleast_2d(x)
+    if ks[0] == 1:
+        one = _one_cluster(x)
+        return [Level(1, one.assignments, one.centroids, np.full(1, -1, np.int32))]
+    hier = fit_hierarchy(
+        x, ks, seed=seed, niter=niter, two_level_min_k=two_level_min_k, probe=probe
+    )
+    first, _ = assign_to_centroids(x, hier.centroids[0], cells=hier.cells, imap=imap)
+    return hier.levels(first)
+
+
+def _check_ks(ks: list[int]) -> None:
     if not ks:
         raise ValueError("need at least one level")
     if any(b >= a for a, b in itertools.pairwise(ks)):
         raise ValueError(f"cluster counts must decrease from fine to coarse, got {ks}")
-    fit_level = partial(spherical_kmeans, niter=niter, two_level_min_k=two_level_min_k, probe=probe)
-    first = fit_level(x, ks[0], seed=seed, imap=imap)
-    assignments = [first.assignments]
-    centroids = [first.centroids]
-    parents: list[np.ndarray] = []
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A fitted hierarchy (:func:`fit_hierarchy`), before any row is assigned.
+
+    Attributes:
+        centroids: per level, float32 ``(k, d)`` unit centroids (level 0 first).
+        parents: per level, int32 ``(k,)``: each cluster's cluster one level up (-1 at the top).
+        cells: the coarse cells of a two-level level 0 (approximate assignment), or None.
+    """
+
+    centroids: tuple[np.ndarray, ...]
+    parents: tuple[np.ndarray, ...]
+    cells: CoarseCells | None = None
+
+    def labels(self, first: np.ndarray) -> list[np.ndarray]:
+        """int32 cluster at every level of rows whose level-0 clusters are ``first``."""
+        out = [np.asarray(first, np.int32)]
+        for parents in self.parents[:-1]:
+            out.append(parents[out[-1]])
+        return out
+
+    def levels(self, first: np.ndarray) -> list[Level]:
+        """The :class:`Level` list of rows whose level-0 clusters are ``first``."""
+        return [
+            Level(int(c.shape[0]), a, c, p)
+            for a, c, p in zip(self.labels(first), self.centroids, self.parents, strict=True)
+        ]
+
+
+def fit_hierarchy(
+    train: np.ndarray,
+    ks: list[int],
+    *,
+    seed: int = 0,
+    niter: int = 25,
+    two_level_min_k: int = TWO_LEVEL_MIN_K,
+    probe: int = ASSIGN_PROBE,
+) -> Hierarchy:
+    """Fit the levels of :func:`hierarchical_kmeans` (``ks[0] >= 2``) without assigning any
+    data row: level 0 by :func:`fit_kmeans` of ``train``, which may be the data itself or, for
+    the same fit without holding the data, its rows ``sample_rows(n, seed, TRAIN_SAMPLE_MAX)``
+    when ``n > TRAIN_SAMPLE_MAX``; level i by :func:`spherical_kmeans` of level i-1's
+    centroids (seed ``seed + i``)."""
+    _check_ks(ks)
+    first, cells = fit_kmeans(
+        train, ks[0], seed=seed, niter=niter, two_level_min_k=two_level_min_k, probe=probe
+    )
+    centroids, parents = [first], []
     for level, k in enumerate(ks[1:], start=1):
-        fit = fit_level(centroids[-1], k, seed=seed + level)
-        parents.append(fit.assignments)
-        assignments.append(fit.assignments[assignments[-1]])
+        fit = spherical_kmeans(
+            centroids[-1],
+            k,
+            seed=seed + level,
+            niter=niter,
+            two_level_min_k=two_level_min_k,
+            probe=probe,
+        )
+        parents.append(fit.assignments.astype(np.int32))
         centroids.append(fit.centroids)
     parents.append(np.full(ks[-1], -1, np.int32))
-    return [
-        Level(k, a.astype(np.int32), c, p.astype(np.int32))
-        for k, a, c, p in zip(ks, assignments, centroids, parents, strict=True)
-    ]
+    return Hierarchy(tuple(centroids), tuple(parents), cells)
+
+
+def training_positions(n: int, seed: int) -> np.ndarray:
+    """The row numbers :func:`fit_kmeans` trains on, for ``n`` rows: all of them up to
+    :data:`TRAIN_SAMPLE_MAX`, else the seeded sample (sorted)."""
+    if n <= TRAIN_SAMPLE_MAX:
+        return np.arange(n, dtype=np.int64)
+    return sample_rows(n, seed, TRAIN_SAMPLE_MAX).astype(np.int64)
+
+
+def assign_hierarchy(
+    x: np.ndarray, hier: Hierarchy, batch: int = ASSIGN_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 ``(levels, rows)`` cluster of each row of ``x`` at each level, float32
+    ``(levels, rows)`` its cosine to that cluster's centroid), ``batch`` rows at a time: level 0
+    as :func:`assign_batch`, the levels above by the parents. A pure function of its
+    arguments, so shards can run anywhere."""
+    n, depth = x.shape[0], len(hier.centroids)
+    labels = np.empty((depth, n), np.int32)
+    sims = np.empty((depth, n), np.float32)
+    for lo in range(0, n, batch):
+        unit = normalise_rows(x[lo : lo + batch])
+        if hier.cells is None:
+            first = _nearest(unit, hier.centroids[0])[0]
+        else:
+            first = _nearest_within(unit, hier.centroids[0], hier.cells)[0]
+        for level, lab in enumerate(hier.labels(first)):
+            labels[level, lo : lo + batch] = lab
+            sims[level, lo : lo + batch] = np.einsum(
+                "nd,nd->n", unit, hier.centroids[level][lab]
+            ).astype(np.float32)
+    return labels, sims
+
+
+#: rows per shard of :func:`stream_hierarchy` (a Ray task's work; 400 MB of 768-d float16)
+STREAM_SHARD_ROWS = 4 * ASSIGN_BATCH
+
+
+def stream_hierarchy(
+    chunks: Iterable[Chunk],
+    ids: np.ndarray,
+    hier: Hierarchy,
+    *,
+    imap: ShardMap | None = None,
+    shard_rows: int = STREAM_SHARD_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign_hierarchy` of rows that arrive as ``(ids, vectors)`` chunks in any order
+    (e.g. read from the stored parts), never holding more than a few shards: the chunks are
+    joined into shards of at least ``shard_rows`` rows (float16 when that is exact), each
+    assigned here or, with ``imap``, as a cluster task (the same shards either way, so the same
+    result). Returns ``(labels, sims)`` with one column per id of the sorted ``ids``.
+
+    Raises:
+        RuntimeError: when the chunks do not hold each of ``ids`` exactly once."""
+    depth = len(hier.centroids)
+    labels = np.empty((depth, ids.size), np.int32)
+    sims = np.empty((depth, ids.size), np.float32)
+    shards = shard_chunks((_exact_half(c) for c in chunks), shard_rows)
+    results = (
+        imap(_assign_shard, shards, (hier,))
+        if imap is not None
+        else (_assign_shard(s, hier) for s in shards)
+    )
+    seen = 0
+    for shard_ids, lab, sim in results:
+        pos = np.searchsorted(ids, shard_ids)
+        if (pos >= ids.size).any() or not np.array_equal(ids[pos], shard_ids):
+            raise RuntimeError("the embeddings changed while they were read: run it again")
+        labels[:, pos], sims[:, pos] = lab, sim
+        seen += pos.size
+    if seen != ids.size:
+        raise RuntimeError("the embeddings changed while they were read: run it again")
+    return labels, sims
+
+
+def _exact_half(chunk: Chunk) -> Chunk:
+    """The chunk with float16 vectors when that loses nothing (float16 storage read back as
+    float32 by DuckDB): half the bytes held and shipped to a task."""
+    ids, vectors = chunk
+    half = vectors.astype(np.float16)
+    if np.array_equal(half.astype(vectors.dtype), vectors, equal_nan=True):
+        return ids, half
+    return ids, vectors
+
+
+def _assign_shard(shard: Chunk, hier: Hierarchy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One shard of :func:`stream_hierarchy`: (ids, labels, sims)."""
+    ids, vectors = shard
+    labels, sims = assign_hierarchy(vectors, hier)
+    return ids, labels, sims
 
 
 def level_sizes(n: int, cluster_size: int, branching: int, max_levels: int) -> list[int]:

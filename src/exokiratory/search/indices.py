@@ -191,6 +191,40 @@ def load_embeddings_f16(cat: Catalog, space: str) -> tuple[np.ndarray, np.ndarra
     return vectors, keys.column("image_idx").to_numpy(), ids, model_id
 
 
+def image_keys(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Array, str, int]:
+    """(image_idx int64 sorted, image_id, model_id, dim) of the error-free stored embeddings
+    of ``space``, key columns only (no vector is read)."""
+    keys, _, model_id, dim = _stored_keys(cat, space, False)
+    return (
+        keys.column("image_idx").to_numpy(),
+        keys.column("image_id").combine_chunks(),
+        model_id,
+        dim,
+    )
+
+
+def image_chunks(cat: Catalog, space: str, rows: int = READ_BATCH) -> Iterator[Chunk]:
+    """One pass over (image_idx, float32 vectors) chunks of ``rows`` stored embeddings of
+    ``space`` (in part order, the rows the view keeps: :func:`stream_chunks`)."""
+    return iter(stream_chunks(cat, space, False, rows)())
+
+
+def gather_rows(chunks: Iterable[Chunk], wanted: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors of the sorted ids ``wanted`` from one pass over the chunks, in id order,
+    float16 when the storage is (:func:`fill_matrix`): a sample without holding the rest."""
+
+    def only_wanted() -> Iterator[Chunk]:
+        for ids, vectors in chunks:
+            pos = np.minimum(np.searchsorted(wanted, ids), max(wanted.size - 1, 0))
+            hit = wanted[pos] == ids if wanted.size else np.zeros(ids.size, bool)
+            if hit.all():
+                yield ids, vectors
+            elif hit.any():
+                yield ids[hit], vectors[hit]
+
+    return fill_matrix(only_wanted(), wanted, dim)
+
+
 def choose_kind(n: int, ivf_above: int | None = None) -> str:
     """flat below :data:`EXACT_MAX`; from ``ivf_above`` (None: never) ``ivfsq8``, or ``ivfpq``
     from :data:`PQ_ABOVE`; else hnsw."""

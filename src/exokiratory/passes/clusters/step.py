@@ -39,11 +39,15 @@ from exokiratory.engine.step import Derivation, PassParams, missing_modules
 from exokiratory.search.clustering import (
     ASSIGN_PROBE,
     TWO_LEVEL_MIN_K,
+    Hierarchy,
     KMeansResult,
+    assign_hierarchy,
     exemplars,
+    fit_hierarchy,
     hierarchical_kmeans,
     level_sizes,
-    row_similarity,
+    stream_hierarchy,
+    training_positions,
 )
 
 if TYPE_CHECKING:
@@ -135,11 +139,11 @@ class ClustersDerivation(Derivation[ClusterParams]):
         return self.derive_outputs(catalog)[""]
 
     def derive_outputs(self, catalog: Catalog) -> dict[str, pa.Table]:
-        from exokiratory.search.indices import load_embeddings_f16
+        from exokiratory.search.indices import image_keys
 
         params = self.params
-        try:  # float16 as stored (1.5 GB at 10^6 x 768), converted to float32 batch by batch
-            vectors, idx, ids, _model = load_embeddings_f16(catalog, self.space)
+        try:  # key columns only: the vectors are streamed from the parts (twice)
+            idx, ids, _model, dim = image_keys(catalog, self.space)
         except ValueError:  # no embeddings (yet)
             log.info("%s: no %s embeddings yet; nothing to cluster", self.name, self.space)
             return {
@@ -148,22 +152,13 @@ class ClustersDerivation(Derivation[ClusterParams]):
                 "metrics": METRICS_SCHEMA.empty_table(),
             }
         ks = level_sizes(len(ids), params.cluster_size, params.branching, params.max_levels)
-        levels = hierarchical_kmeans(
-            vectors,
-            ks or [1],
-            seed=params.seed,
-            niter=params.niter,
-            two_level_min_k=params.two_level_min_k,
-            probe=params.assign_probe,
-            imap=imap_shards if current_engine().name == "ray" else None,  # same rows
-        )
+        hier, labels, sims = self._fit_and_assign(catalog, idx, dim, ks or [1])
         assignments, summaries = [], []
-        for li, lv in enumerate(levels):
-            sim = row_similarity(vectors, lv.centroids, lv.assignments)
-            fit = KMeansResult(lv.assignments, lv.centroids, sim)
+        for li in range(labels.shape[0]):
+            fit = KMeansResult(labels[li], hier.centroids[li], sims[li])
             ex = exemplars(fit, params.exemplars)
             assignments.append(_assignment_table(li, fit, ex, idx, ids))
-            summaries.append(_summary_table(li, fit, lv.parents, ex, ids))
+            summaries.append(_summary_table(li, fit, hier.parents[li], ex, ids))
         table = pa.concat_tables(assignments)
         previous = _previous_assignments(catalog, f"clusters_{self.space}")
         return {
@@ -171,6 +166,39 @@ class ClustersDerivation(Derivation[ClusterParams]):
             "summary": pa.concat_tables(summaries),
             "metrics": _metrics(table, previous),
         }
+
+    def _fit_and_assign(
+        self, catalog: Catalog, idx: np.ndarray, dim: int, ks: list[int]
+    ) -> tuple[Hierarchy, np.ndarray, np.ndarray]:
+        """The hierarchy fitted on the training rows (every row up to
+        ``TRAIN_SAMPLE_MAX``, else a seeded sample, read from the parts in one pass), then
+        every row assigned at every level in a second streamed pass (shards as cluster tasks on
+        ``--engine ray``, the same result): memory is the sample and a few shards, never the
+        n x d matrix (15 GB of float16 at 10^7 x 768)."""
+        from exokiratory.search.indices import gather_rows, image_chunks
+
+        params = self.params
+        n = idx.size
+        if ks[0] == 1:  # a single image
+            x = gather_rows(image_chunks(catalog, self.space), idx, dim)
+            level = hierarchical_kmeans(x, ks)[0]
+            hier = Hierarchy((level.centroids,), (level.parents,))
+            return hier, *assign_hierarchy(x, hier)
+        train = gather_rows(
+            image_chunks(catalog, self.space), idx[training_positions(n, params.seed)], dim
+        )
+        hier = fit_hierarchy(
+            train,
+            ks,
+            seed=params.seed,
+            niter=params.niter,
+            two_level_min_k=params.two_level_min_k,
+            probe=params.assign_probe,
+        )
+        del train
+        imap = imap_shards if current_engine().name == "ray" else None
+        labels, sims = stream_hierarchy(image_chunks(catalog, self.space), idx, hier, imap=imap)
+        return hier, labels, sims
 
 
 def _assignment_table(
