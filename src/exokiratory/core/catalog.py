@@ -195,17 +195,21 @@ class Catalog:
             step.define_views(self)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _files(self, rel: str) -> list[str]:
-        return [self._url(p) for p in self.storage.list_files(rel, ".parquet")]
+    def _files(self, rel: str, listed: Sequence[str] | None = None) -> list[str]:
+        found = self.storage.list_files(rel, ".parquet") if listed is None else listed
+        return [self._url(p) for p in found]
 
     def _url(self, rel: str) -> str:
         """A workspace file as DuckDB opens it (a path, or a URL of the registered fs)."""
         full = self.storage.path(rel)
         return full if self.storage.is_local else self.storage.fs.unstrip_protocol(full)
 
-    def _source(self, rel: str, schema: pa.Schema | None = None) -> str:
-        """A FROM-clause source for a dataset's parts (with a ``filename`` column)."""
-        src = self.raw_source(rel)
+    def _source(
+        self, rel: str, schema: pa.Schema | None = None, listed: Sequence[str] | None = None
+    ) -> str:
+        """A FROM-clause source for a dataset's parts (with a ``filename`` column);
+        ``listed``: the parts, when the caller has listed them already."""
+        src = self.raw_source(rel, listed)
         if src or schema is None:
             return src
         schema = pa.schema([f.with_type(_no_half(f.type)) for f in schema])
@@ -245,14 +249,15 @@ class Catalog:
 
     # -- views -------------------------------------------------------------------------------
     def _define_manifest_views(self) -> None:
-        img_src = self._source(IMAGES, IMAGES_SCHEMA)
+        listed = {rel: self.storage.list_files(rel, ".parquet") for rel in (IMAGES, PATHS)}
+        img_src = self._source(IMAGES, IMAGES_SCHEMA, listed[IMAGES])
         self._view(
             "images_registry",
             f"""SELECT * EXCLUDE (filename, _rn) FROM (
                   SELECT *, row_number() OVER (PARTITION BY image_id
                     ORDER BY image_idx, filename) AS _rn FROM {img_src}) WHERE _rn = 1""",
         )
-        path_src = self._source(PATHS, PATHS_SCHEMA)
+        path_src = self._source(PATHS, PATHS_SCHEMA, listed[PATHS])
         keys = ", ".join(PATHS_KEY)
         self._view(
             "paths_log",
@@ -266,7 +271,7 @@ class Catalog:
         self._view(
             "images", IMAGES_VIEW_SQL.format(images="images_registry", current_paths="paths")
         )
-        self.manifest_digest = manifest_digest(self.storage)
+        self.manifest_digest = manifest_digest(self.storage, listed)  # one listing each
         stored = cached_views(self.storage, self.manifest_digest)
         self.manifest_cached = stored is not None
         # the same rows, computed once (core.manifest_cache); ``images`` is stored in image_idx
@@ -324,9 +329,9 @@ class Catalog:
         keys = ", ".join(f'"{k}"' for k in key)
         return f"SELECT {keys}, bool_or(error IS NULL) AS ok FROM {found[1]} GROUP BY {keys}"
 
-    def raw_source(self, rel: str) -> str:
+    def raw_source(self, rel: str, listed: Sequence[str] | None = None) -> str:
         """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""
-        files = self._files(rel)
+        files = self._files(rel, listed)
         if not files:
             return ""
         src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"

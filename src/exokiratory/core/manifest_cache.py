@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -38,11 +39,13 @@ CACHED_VIEWS = ("paths", "image_paths", "images")
 ROW_GROUP = 131_072
 
 
-def manifest_digest(storage: Storage) -> str:
-    """A digest of the manifest parts' names (and :data:`CACHE_VERSION`)."""
+def manifest_digest(storage: Storage, listed: Mapping[str, Sequence[str]] | None = None) -> str:
+    """A digest of the manifest parts' names (and :data:`CACHE_VERSION`); ``listed``: the
+    parts of ``IMAGES`` and ``PATHS`` when the caller has listed them already."""
     h = hashlib.sha256(CACHE_VERSION.encode())
     for rel in (IMAGES, PATHS):
-        for name in storage.list_files(rel, ".parquet"):
+        names = storage.list_files(rel, ".parquet") if listed is None else listed[rel]
+        for name in names:
             h.update(name.encode() + b"\0")
     return h.hexdigest()[:20]
 
