@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exokiratory.engine.flag_rules import FlagFrame
+from exokiratory.engine.shards import shard_engine
 from exokiratory.passes.flags import hamming_search as hs
 from exokiratory.passes.flags import neardup
 from exokiratory.passes.flags.flag_rules import near_duplicate_columns, near_duplicates
@@ -89,9 +90,11 @@ def test_groups_identical_to_the_old_search(monkeypatch: pytest.MonkeyPatch) -> 
     ids = [f"i{k:05d}" for k in range(n)]
     quality = {"size_bytes": rng.integers(0, 9, n)}
     new = neardup.find_near_duplicates(ids, hashes, quality=quality)
-    monkeypatch.setattr(
-        neardup, "hamming_pairs", lambda c, t, engine="auto": neardup.mih_pairs(c, t)
-    )
+
+    def old_search(c, t, engine="auto", transform=None):  # type: ignore[no-untyped-def]
+        return transform(*neardup.mih_pairs(c, t))  # the whole search, then the expansion
+
+    monkeypatch.setattr(neardup, "hamming_pairs", old_search)
     old = neardup.find_near_duplicates(ids, hashes, quality=quality)
     assert new.num_rows > 1000 and new.equals(old)
 
@@ -143,9 +146,28 @@ def test_ray_shards_give_the_same_pairs() -> None:
     ray = pytest.importorskip("ray")
     codes = _planted(9, 20_000, flips=6)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rng = np.random.default_rng(4)
+    hashes = {
+        "phash": codes,
+        "dhash": codes ^ rng.integers(0, 2**20, codes.size, dtype=np.uint64),  # some too far
+        "phash_center": codes,
+    }
     try:
         i, j = hs.hamming_pairs_ray(codes, 12, keys_per_shard=4)
+        with shard_engine("ray"):  # the dHash check runs inside the shard tasks
+            on_ray = neardup.rule_pairs(hashes, neardup.DEFAULT_RULE)
     finally:
         ray.shutdown()
     ref = hs.hamming_pairs(codes, 12)
     assert i.size > 1000 and np.array_equal(i, ref[0]) and np.array_equal(j, ref[1])
+    local = neardup.rule_pairs(hashes, neardup.DEFAULT_RULE)
+    assert _pair_set(*on_ray) == _pair_set(*local)
+    # the verified edges are exactly the candidates that meet each clause's other hash
+    cand = _pair_set(*ref)
+    dh = hamming(hashes["dhash"][ref[0]], hashes["dhash"][ref[1]])
+    first = _pair_set(ref[0][dh <= 16], ref[1][dh <= 16])
+    assert first <= _pair_set(*local) and len(first) < len(cand)
+
+
+def _pair_set(i: np.ndarray, j: np.ndarray) -> set[tuple[int, int]]:
+    return set(zip(i.tolist(), j.tolist(), strict=True))

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
 Kernel = Callable[[U64Array, U64Array, int], tuple[IntArray, IntArray]]
+PairTransform = Callable[[IntArray, IntArray], tuple[IntArray, IntArray]]
+"""Applied to a shard's pairs where the shard runs (see :func:`hamming_pairs`)."""
 Engine = Literal["auto", "faiss", "numpy"]
 
 CALL_COST_S = 7e-5
@@ -395,13 +397,21 @@ def default_workers() -> int:
 
 
 def hamming_pairs(
-    codes: np.ndarray, t: int, engine: Engine = "auto", workers: int | None = None
+    codes: np.ndarray,
+    t: int,
+    engine: Engine = "auto",
+    workers: int | None = None,
+    transform: PairTransform | None = None,
 ) -> tuple[IntArray, IntArray]:
     """All index pairs ``(i, j)``, ``i < j``, with ``hamming(codes[i], codes[j]) <= t``.
 
     Exact at any ``t`` (see the module docstring), sorted by (i, j). ``engine``: the Hamming
     kernel (``auto``: FAISS when installed, else numpy); ``workers``: threads (default: the
     CPU count, at most 4). Under the ``ray`` shard engine: Ray tasks over :func:`plan_shards`.
+    ``transform``: applied to each shard's pairs where the shard runs (in the Ray task: e.g.
+    the expansion to images and the other hashes' check of :func:`.neardup.find_pairs`, so
+    only verified pairs come back to the driver); the result is then the transformed pairs of
+    every shard, sorted by (i, j).
     """
     arr = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
     if t < 0:
@@ -411,7 +421,7 @@ def hamming_pairs(
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
     if current_engine().name != "local":
-        return _pairs_on_shards(arr, t, engine)
+        return _pairs_on_shards(arr, t, engine, transform=transform)
     kernel = pick_kernel(engine)
     threads = default_workers() if workers is None else max(1, workers)
     plan = plan_substrings(arr.size, t)
@@ -419,13 +429,20 @@ def hamming_pairs(
     parts: list[tuple[IntArray, IntArray]] = []
     with _single_threaded_faiss(kernel):
         if not plan:
-            parts.append(_brute_shard(arr, t, 0, arr.size, kernel))
+            parts.append(_apply(transform, _brute_shard(arr, t, 0, arr.size, kernel)))
         for index, sub in enumerate(plan):
             bucketed = _Bucketed(arr, sub)
-            parts.append(
-                _substring_shard(arr, t, plan, index, 0, 1 << sub.width, kernel, threads, bucketed)
+            found = _substring_shard(
+                arr, t, plan, index, 0, 1 << sub.width, kernel, threads, bucketed
             )
+            parts.append(_apply(transform, found))
     return sort_pairs(*_concat(parts))
+
+
+def _apply(
+    transform: PairTransform | None, pairs: tuple[IntArray, IntArray]
+) -> tuple[IntArray, IntArray]:
+    return pairs if transform is None else transform(*pairs)
 
 
 def describe_plan(plan: Sequence[Substring]) -> dict[str, Any]:
@@ -453,23 +470,33 @@ def hamming_pairs_ray(
 
 
 def _shard_task(
-    shard: Shard, codes: U64Array, t: int, plan: Sequence[Substring], engine: Engine
+    shard: Shard,
+    codes: U64Array,
+    transform: PairTransform | None,
+    t: int,
+    plan: Sequence[Substring],
+    engine: Engine,
 ) -> tuple[IntArray, IntArray]:
-    return run_shard(codes, t, plan, shard, engine, 1)
+    return _apply(transform, run_shard(codes, t, plan, shard, engine, 1))
 
 
 def _pairs_on_shards(
-    arr: U64Array, t: int, engine: Engine, keys_per_shard: int | None = None
+    arr: U64Array,
+    t: int,
+    engine: Engine,
+    keys_per_shard: int | None = None,
+    transform: PairTransform | None = None,
 ) -> tuple[IntArray, IntArray]:
     """The search as :func:`map_shards` over :func:`plan_shards` (:data:`SHARDS_PER_CPU`
-    shards per worker of the current shard engine and substring), the codes shared once."""
+    shards per worker of the current shard engine and substring), the codes and the
+    ``transform`` shared once."""
     want = SHARDS_PER_CPU * parallelism()
     plan, shards = plan_shards(arr.size, t, keys_per_shard, min_shards=want)
     log.info("hamming search: %d codes, t=%d, %d shards", arr.size, t, len(shards))
     parts = map_shards(
         partial(_shard_task, t=t, plan=plan, engine=engine),
         shards,
-        (arr,),
+        (arr, transform),
         desc=f"hamming search ({arr.size} codes, t={t})",
     )
     return sort_pairs(*_concat(parts))

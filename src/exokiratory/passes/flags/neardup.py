@@ -329,27 +329,57 @@ def _groups_of_equal(inverse: IntArray) -> tuple[IntArray, IntArray, IntArray]:
 
 
 def find_pairs(
-    codes: np.ndarray, t: int, max_identical: int = MAX_IDENTICAL, engine: Engine = "auto"
+    codes: np.ndarray,
+    t: int,
+    max_identical: int = MAX_IDENTICAL,
+    engine: Engine = "auto",
+    hashes: Mapping[str, np.ndarray] | None = None,
+    conditions: Sequence[tuple[str, int]] = (),
 ) -> PairSet:
     """Image pairs within distance t, with identical-code sets > max_identical as stars.
 
-    ``engine``: the Hamming kernel of :func:`.hamming_search.hamming_pairs` (same pairs)."""
+    ``engine``: the Hamming kernel of :func:`.hamming_search.hamming_pairs` (same pairs).
+    ``conditions`` (hash name, limit) on ``hashes``: the pairs (not the stars) are only those
+    that also meet them, checked where each search shard runs (a Ray task on a cluster), so
+    unverified candidates never gather in one place (1.1e9 of them at 10^8 images)."""
     arr = np.asarray(codes, dtype=np.uint64).reshape(-1)
     uniq, inverse = np.unique(arr, return_inverse=True)
     members, starts, counts = _groups_of_equal(inverse.reshape(-1).astype(np.int64))
     big = counts > max_identical
     eff = np.where(big, 1, counts)
-    ui, uj = hamming_pairs(uniq, t, engine=engine)
-    ci, cj = _cross_pairs(starts[ui], eff[ui], starts[uj], eff[uj])
+    expand = _Expand(members, starts, eff, dict(hashes or {}), tuple(conditions))
+    i, j = hamming_pairs(uniq, t, engine=engine, transform=expand)
     within = np.where((counts >= 2) & ~big, counts, 0)
     wi, wj = _cross_pairs(starts, within, starts, within)
     upper = wi < wj
-    all_i = np.concatenate([members[ci], members[wi[upper]]])
-    all_j = np.concatenate([members[cj], members[wj[upper]]])
+    si_, sj_ = expand.checked(members[wi[upper]], members[wj[upper]])
     star_codes = np.flatnonzero(big)
     star_len = counts[star_codes]
     si, sj = _cross_pairs(starts[star_codes], np.ones_like(star_len), starts[star_codes], star_len)
-    return PairSet(np.minimum(all_i, all_j), np.maximum(all_i, all_j), members[si], members[sj])
+    return PairSet(np.concatenate([i, si_]), np.concatenate([j, sj_]), members[si], members[sj])
+
+
+@dataclass(frozen=True)
+class _Expand:
+    """The pairs of unique codes as image pairs (every member of one code with every member
+    of the other, one member for a star set), kept when they meet ``conditions``: the
+    transform :func:`find_pairs` has each search shard apply (shared once with the tasks)."""
+
+    members: IntArray
+    starts: IntArray
+    eff: IntArray
+    hashes: dict[str, np.ndarray]
+    conditions: tuple[tuple[str, int], ...]
+
+    def __call__(self, ui: IntArray, uj: IntArray) -> tuple[IntArray, IntArray]:
+        ci, cj = _cross_pairs(self.starts[ui], self.eff[ui], self.starts[uj], self.eff[uj])
+        return self.checked(self.members[ci], self.members[cj])
+
+    def checked(self, i: IntArray, j: IntArray) -> tuple[IntArray, IntArray]:
+        """(min, max) of the image pairs that meet the conditions."""
+        ok = _within(self.hashes, self.conditions, i, j)
+        i, j = i[ok], j[ok]
+        return np.minimum(i, j), np.maximum(i, j)
 
 
 # ------------------------------------------------------------------------- rule and groups
@@ -408,12 +438,13 @@ def rule_pairs(
     edges_i, edges_j = [], []
     for clause in clauses:
         key, key_t = clause.key
-        found = find_pairs(hashes[key], key_t, max_identical)
         others = [(name, limit) for name, limit in clause.thresholds if name != key]
-        ok = _within(hashes, [*others, *clause.checks], found.i, found.j)
+        conditions = [*others, *clause.checks]
+        needed = {name: hashes[name] for name, _ in conditions}
+        found = find_pairs(hashes[key], key_t, max_identical, hashes=needed, conditions=conditions)
         star = _within(hashes, clause.checks, found.star_i, found.star_j)
-        edges_i += [found.i[ok], found.star_i[star]]
-        edges_j += [found.j[ok], found.star_j[star]]
+        edges_i += [found.i, found.star_i[star]]
+        edges_j += [found.j, found.star_j[star]]
     if not edges_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
