@@ -87,6 +87,8 @@ def build(root: Path, n: int) -> Workspace:
     rng = np.random.default_rng(0)
     (embed,) = ws.passes(["embed-clip"])
     schema = embed.output_schema()
+    at = schema.get_field_index("embedding")  # --dim: the model's width replaced
+    schema = schema.set(at, schema.field(at).with_type(pa.list_(pa.float16(), index_scale.DIM)))
     ds = PartDataset(ws.storage, embed.output_rel, embed.key)  # type: ignore[attr-defined]
     model_id = embed.embedding_model.spec.model_id  # type: ignore[attr-defined]
     for p, lo in _parts(n):

@@ -32,7 +32,9 @@ result (:func:`run_shard`): the unit a cluster runs. Under the ``ray`` shard eng
 (:func:`exokiratory.engine.shards.shard_engine`, set by ``exokiratory run flags --engine ray``)
 :func:`hamming_pairs` runs the shards through :func:`~exokiratory.engine.shards.map_shards`:
 one Ray task per shard (:data:`SHARDS_PER_CPU` per cluster CPU and substring), the codes put
-once in the object store. Same pairs, same order.
+once in the object store. Same pairs, same order. A ``transform`` (the near-duplicate rule's
+expansion to images and check of its other hashes, :func:`.neardup.find_pairs`) runs inside
+each shard, so only verified pairs come back.
 
 Memory: the codes, one sort order and one bucket table per substring (a few times 8 bytes per
 code), and each kernel call compares at most :data:`BLOCK_COMPARES` code pairs.
