@@ -194,9 +194,7 @@ def test_streamed_hierarchy_equals_the_in_memory_fit(
     train = x[clustering.training_positions(len(x), 3)]
     assert len(train) == 300
     hier = clustering.fit_hierarchy(train, ks, **kw)
-    labels, sims = clustering.stream_hierarchy(
-        _shuffled_chunks(x, 1), np.arange(len(x)), hier, shard_rows=100
-    )
+    labels, sims = clustering.stream_hierarchy(_shuffled_chunks(x, 1), np.arange(len(x)), hier)
     assert (hier.cells is not None) == (two_level_min_k == 2)
     for li, lv in enumerate(levels):
         assert np.array_equal(hier.centroids[li], lv.centroids)

@@ -174,8 +174,8 @@ def test_ray_map_in_order_and_failures() -> None:
             on_ray_assign = assign(imap=imap_shards)  # 3000 rows: 1 shard of 16 batches
             on_ray_small = cl.assign_to_centroids(y, cents, 64, imap=imap_shards)  # 3 shards
             hier = cl.fit_hierarchy(y, [64, 8], two_level_min_k=16)
-            stream = partial(cl.stream_hierarchy, ids=np.arange(3000), hier=hier, shard_rows=700)
-            on_ray_stream = stream(_chunks(y, 256), imap=imap_shards)  # 4 shards as tasks
+            stream = partial(cl.stream_hierarchy, ids=np.arange(3000), hier=hier)
+            on_ray_stream = stream(_chunks(y, 256), imap=imap_shards)  # 12 chunks as tasks
         ref = hs.hamming_pairs(codes, 12)
         assert np.array_equal(i, ref[0]) and np.array_equal(j, ref[1])
         for got in (on_ray_assign, on_ray_small):  # cluster assignment: the same labels

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exokiratory.search.ivf import Chunk, ShardMap, shard_chunks
+from exokiratory.search.ivf import Chunk, ShardMap
 
 log = logging.getLogger(__name__)
 
@@ -635,30 +635,26 @@ def assign_hierarchy(
     return labels, sims
 
 
-#: rows per shard of :func:`stream_hierarchy` (a Ray task's work; 400 MB of 768-d float16)
-STREAM_SHARD_ROWS = 4 * ASSIGN_BATCH
-
-
 def stream_hierarchy(
     chunks: Iterable[Chunk],
     ids: np.ndarray,
     hier: Hierarchy,
     *,
     imap: ShardMap | None = None,
-    shard_rows: int = STREAM_SHARD_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`assign_hierarchy` of rows that arrive as ``(ids, vectors)`` chunks in any order
-    (e.g. read from the stored parts), never holding more than a few shards: the chunks are
-    joined into shards of at least ``shard_rows`` rows (float16 when that is exact), each
-    assigned here or, with ``imap``, as a cluster task (the same shards either way, so the same
-    result). Returns ``(labels, sims)`` with one column per id of the sorted ``ids``.
+    (e.g. read from the stored parts, :data:`.ivf.READ_BATCH` rows each), one chunk at a time:
+    each chunk (float16 when that is exact) is a shard, assigned here or, with ``imap``, as a
+    cluster task (the same shards either way, so the same result). Chunks are not joined into
+    larger shards: at 10^6 x 768, shards of 262,144 rows cost 1.4 GB more peak memory.
+    Returns ``(labels, sims)`` with one column per id of the sorted ``ids``.
 
     Raises:
         RuntimeError: when the chunks do not hold each of ``ids`` exactly once."""
     depth = len(hier.centroids)
     labels = np.empty((depth, ids.size), np.int32)
     sims = np.empty((depth, ids.size), np.float32)
-    shards = shard_chunks((_exact_half(c) for c in chunks), shard_rows)
+    shards = (_exact_half(c) for c in chunks)
     results = (
         imap(_assign_shard, shards, (hier,))
         if imap is not None
