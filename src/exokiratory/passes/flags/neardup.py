@@ -518,16 +518,21 @@ def choose_canonicals(
     return canon
 
 
-def _validate(ids: Sequence[str], hashes: Mapping[str, np.ndarray]) -> pa.Array:
-    """The ids as an Arrow string array; errors for repeated ids and hash columns of another
-    length."""
-    id_list = [str(x) for x in ids]
-    if len(set(id_list)) != len(id_list):
+def _validate(
+    ids: Sequence[str] | pa.Array | pa.ChunkedArray, hashes: Mapping[str, np.ndarray]
+) -> pa.Array:
+    """The ids as an Arrow string array (an Arrow array is used as it is: no Python string per
+    image); errors for repeated ids and hash columns of another length."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    arr = ids if isinstance(ids, pa.Array) else pa.array([str(x) for x in ids], pa.string())
+    arr = arr if arr.type == pa.string() else arr.cast(pa.string())
+    if pc.count_distinct(arr).as_py() != len(arr) or arr.null_count:
         raise ValueError("image ids must be unique")
     for name, values in hashes.items():
-        if np.asarray(values).reshape(-1).size != len(id_list):
+        if np.asarray(values).reshape(-1).size != len(arr):
             raise ValueError(f"hash column {name!r} length differs from ids")
-    return pa.array(id_list, pa.string())
+    return arr
 
 
 def find_near_duplicates(
@@ -556,7 +561,7 @@ def find_near_duplicates(
 
 
 def group_near_duplicates(
-    ids: Sequence[str],
+    ids: Sequence[str] | pa.Array | pa.ChunkedArray,
     hashes: Mapping[str, np.ndarray],
     rules: Sequence[tuple[Sequence[Clause], np.ndarray | None]],
     quality: Mapping[str, Sequence[float] | np.ndarray] | None = None,
