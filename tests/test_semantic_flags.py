@@ -193,3 +193,18 @@ def test_inputs_sql_pivots_zero_shot_and_skips_tiny_models() -> None:
     assert aligned[2]["n_faces"] == 2 and aligned[2]["zs_photo"] is None
     only_cues = fetch_arrow(con.sql(semantic_inputs_sql(["cues"])))  # type: ignore[arg-type]
     assert sorted(only_cues["image_id"].to_pylist()) == ["a", "b"]
+
+
+def test_slices_give_the_columns_of_one_piece(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rules run over row slices (bounded temporaries at 10^7 rows): the same columns."""
+    from exokiratory.passes.flags import semantic
+
+    rng = np.random.default_rng(0)
+    base = [PHOTO, SCAN, GRAPHIC]
+    rows = [{k: v * rng.uniform(0.5, 1.5) for k, v in base[i % 3].items()} for i in range(23)]
+    zs = {"zs_photo": 0.1, "zs_scan": 0.1, "zs_graphic": 0.8, "zs_person": 0.8, "zs_dense": 1.0}
+    inputs = _inputs([zs if i % 4 == 0 else {"n_faces": i % 2} for i in range(23)])
+    sensed = rng.random(23) > 0.2
+    whole = _run(rows, inputs, sensed)
+    monkeypatch.setattr(semantic, "SLICE_ROWS", 5)
+    assert _run(rows, inputs, sensed) == whole

@@ -17,8 +17,8 @@ from exokiratory.engine.flag_rules import Columns, FlagFrame, FlagInput, FlagSou
 from exokiratory.passes.flags.semantic import (
     PASS1_COLUMNS,
     SEMANTIC_FIELDS,
-    Evidence,
     SemanticFlagsParams,
+    in_slices,
     semantic_columns,
     semantic_inputs_sql,
     text_heavy_columns,
@@ -47,7 +47,7 @@ SEMANTIC_INPUTS = FlagInput("semantic", _semantic_inputs)
 def text_heavy(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
     """Pages of text, screenshots of documents: PASS 1 text likeness, detected text area,
     zero-shot ``text_heavy``."""
-    return text_heavy_columns(Evidence.of(frame.table, frame.input("semantic")), p, frame.sensed)
+    return in_slices(text_heavy_columns, frame.table, frame.input("semantic"), p, frame.sensed)
 
 
 @flag_rule(
@@ -63,4 +63,4 @@ def text_heavy(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
 def semantic(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
     """Modality (photo / scan / graphic), human present, dense scene, and which evidence the
     row used (``semantic_inputs``)."""
-    return semantic_columns(Evidence.of(frame.table, frame.input("semantic")), p, frame.sensed)
+    return in_slices(semantic_columns, frame.table, frame.input("semantic"), p, frame.sensed)
