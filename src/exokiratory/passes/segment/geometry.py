@@ -18,7 +18,8 @@ Conventions (mask raster coordinates; pixel ``(row i, column j)`` is the unit sq
 * ``touches_border``: the mask has a pixel in the first or last row or column of the raster.
 
 :func:`measure` works on a stack of masks; every measurement except the hull is vectorised over
-the stack; the hull runs on each mask's row extremes only (at most ``4 x bbox height`` points).
+the stack; the hull runs on each mask's row extremes only (at most ``4 x bbox height`` points, fewer
+after dropping the rows that cannot hold a hull vertex).
 """
 
 from __future__ import annotations
@@ -143,10 +144,26 @@ def _hull_area(mask: np.ndarray, bbox: np.ndarray) -> float:
     rr = np.nonzero(has)[0]
     left = sub[rr].argmax(axis=1)
     right = w - sub[rr, ::-1].argmax(axis=1)
-    # corners of the leftmost and rightmost squares of every occupied row
+    # corners of the leftmost and rightmost squares of the occupied rows that can be hull
+    # vertices (the others lie on a segment between hull points: the same hull, fewer points)
+    lk, rk = _outermost(left), _outermost(-right)
+    left, lr, right, rr = left[lk], rr[lk], right[rk], rr[rk]
     px = np.concatenate([left, left, right, right]).astype(np.float64)
-    py = np.concatenate([rr, rr + 1, rr, rr + 1]).astype(np.float64)
+    py = np.concatenate([lr, lr + 1, rr, rr + 1]).astype(np.float64)
     return _polygon_area(convex_hull(np.stack([px, py], axis=1)))
+
+
+def _outermost(v: np.ndarray) -> np.ndarray:
+    """Rows whose ``v`` is strictly below that of every row above or of every row below.
+
+    ``v`` is the left edge (the right side: ``-right``). Another row has a row above and a row
+    below that reach at least as far out; its outer corners lie between its opposite corners
+    and the segment joining those two rows, so inside the hull: dropping them keeps the hull."""
+    big = np.iinfo(np.int64).max
+    v = v.astype(np.int64)
+    above = np.concatenate([[big], np.minimum.accumulate(v)[:-1]])
+    below = np.concatenate([np.minimum.accumulate(v[::-1])[::-1][1:], [big]])
+    return np.asarray((v < above) | (v < below))
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
