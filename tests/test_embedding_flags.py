@@ -128,3 +128,142 @@ def test_flags_gain_semantic_duplicates_and_embedding_outliers(tmp_path: Path) -
     assert rows and all(
         r["is_semantic_duplicate"] is False and r["embedding_outlier_score"] is None for r in rows
     )
+
+
+# -- bounded memory: the spill, the two-cluster k-NN, the vectorised rules -----------------
+
+
+def _unit_f16(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def test_spill_writes_gathers_and_switches_to_float32() -> None:
+    from exokiratory.search.spill import Spill
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float16)
+    with Spill(50, 6) as s:
+        order = rng.permutation(50)
+        s.write_at(order[:30], x[order[:30]])
+        s.write_at(order[30:], x[order[30:]])
+        assert np.array_equal(s.read(0, 50), x) and s.read(45, 99).shape == (5, 6)
+        rows = np.array([7, 3, 3, 49, 0, 8, 9])
+        assert np.array_equal(s.gather(rows), x[rows])
+        assert np.array_equal(np.asarray(s.memmap()), x)
+        wide = s.to_float32()
+    with wide:
+        assert wide.dtype == np.float32 and np.array_equal(wide.read(0, 50), x.astype(np.float32))
+        with pytest.raises(IndexError):
+            wide.gather(np.array([50]))
+
+
+@pytest.mark.slow
+def test_spill_round_trip_equals_load_embeddings(tmp_path: Path) -> None:
+    from exokiratory.search.indices import load_embeddings
+    from exokiratory.search.spill import spill_embeddings
+
+    ws = _make_workspace(tmp_path, 12)
+    ids = [r["image_id"] for r in ws.sql("SELECT image_id FROM images").to_pylist()]
+    x, _ = _blobs(3, 4, 16, seed=1)
+    _write_embeddings(ws, "clip", x[:7], ids[:7])  # two parts, in reverse key order
+    _write_embeddings(ws, "clip", x[7:], ids[7:])
+    with ws.catalog(ws.passes()) as cat:
+        vectors, idx, want_ids, model = load_embeddings(cat, "clip")
+        got = spill_embeddings(cat, "clip")
+    with got.spill:
+        assert got.spill.dtype == np.float16  # the stored values, not a float32 copy
+        assert np.array_equal(got.spill.read(0, got.spill.n).astype(np.float32), vectors)
+        assert np.array_equal(got.image_idx, idx) and got.ids.to_pylist() == want_ids
+        assert got.model_id == model
+
+
+def test_spill_of_float32_values_keeps_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    from exokiratory.search import indices
+    from exokiratory.search.spill import spill_embeddings
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(9, 4)).astype(np.float32)
+    x[:4] = x[:4].astype(np.float16)  # the first chunk is exactly float16, the second is not
+    keys = pa.table({"image_idx": np.arange(9), "image_id": [f"i{i}" for i in range(9)]})
+    chunks = [(np.arange(4), x[:4]), (np.arange(8, 3, -1), x[8:3:-1])]
+    monkeypatch.setattr(indices, "stream_chunks", lambda *a, **k: lambda: iter(chunks))
+    got = spill_embeddings(None, "clip", keys=(keys, "image_idx", "m", 4))  # type: ignore[arg-type]
+    assert got.spill.dtype == np.float32 and np.array_equal(got.spill.read(0, 9), x)
+    monkeypatch.setattr(indices, "stream_chunks", lambda *a, **k: lambda: iter(chunks[:1]))
+    with pytest.raises(RuntimeError, match="changed while they were read"):
+        spill_embeddings(None, "clip", keys=(keys, "image_idx", "m", 4))  # type: ignore[arg-type]
+
+
+def _spilled(x16: np.ndarray) -> SpaceVectors:
+    from exokiratory.search.spill import Spill
+
+    s = Spill(*x16.shape)
+    s.write(0, x16)
+    return SpaceVectors("clip", [f"id{i:04d}" for i in range(len(x16))], s)
+
+
+def test_semantic_pairs_from_the_spill_match_brute_force_on_planted_duplicates() -> None:
+    rng = np.random.default_rng(5)
+    base = np.repeat(rng.normal(size=(8, 24)), 40, 0) + 0.7 * rng.normal(size=(320, 24))
+    src = rng.choice(320, 25, replace=False)
+    dst = rng.choice(np.setdiff1d(np.arange(320), src), 25, replace=False)
+    base[dst] = base[src] + 0.02 * rng.normal(size=(25, 24))  # planted near copies
+    x16 = _unit_f16(base)
+    x32 = x16.astype(np.float32)
+    x32 /= np.linalg.norm(x32, axis=1, keepdims=True)
+    truth = _brute_pairs(x32, 0.95)
+    assert len(truth) >= 25
+    sv = _spilled(x16)
+    with sv.vectors:  # type: ignore[union-attr]
+        from_spill = {tuple(p) for p in candidate_pairs(sv.vectors, 0.95, 40).tolist()}
+        assert from_spill == {tuple(p) for p in candidate_pairs(x32, 0.95, 40).tolist()} == truth
+        t = semantic_duplicates(sv, 0.95, 40)
+        in_groups = {i for p in truth for i in p}
+        assert sorted(t.column("image_id").to_pylist()) == sorted(f"id{i:04d}" for i in in_groups)
+
+
+def test_two_cluster_knn_above_the_exact_limit_agrees_with_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exokiratory.passes.flags import embedding as emb
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(12, 32))
+    x16 = _unit_f16(np.repeat(centres, 150, 0) + 0.5 * rng.normal(size=(1800, 32)))
+    x32 = x16.astype(np.float32)
+    exact = knn_distance(x32 / np.linalg.norm(x32, axis=1, keepdims=True), 10)
+    monkeypatch.setattr(emb, "EXACT_KNN_MAX", 500)
+    sv = _spilled(x16)
+    with sv.vectors:  # type: ignore[union-attr]
+        approx = emb.space_knn(sv, 10, 150)
+        assert np.isfinite(approx).all()
+        assert (approx >= exact - 1e-5).all()  # a subset of the rows: never nearer
+        assert np.corrcoef(approx, exact)[0, 1] > 0.95
+        assert np.median(approx - exact) < 0.01
+        # the duplicate search computes it in the same pass, and the rule reads it back
+        sv2 = _spilled(x16)
+        with sv2.vectors:  # type: ignore[union-attr]
+            semantic_duplicates(sv2, 0.95, 150, knn_k=10)
+            assert ("knn", 150, 10) in sv2.memo
+            assert np.array_equal(emb.space_knn(sv2, 10, 150), approx)
+
+
+def test_exact_knn_in_query_batches_is_bit_identical_to_one_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import faiss
+
+    from exokiratory.passes.flags import embedding as emb
+
+    x, _ = _blobs(6, 2000, 16, seed=8)
+    index = faiss.IndexFlatIP(16)
+    index.add(x)
+    sims, nbrs = index.search(x, 6)
+    one_search = emb._mean_distance(sims, nbrs, np.arange(len(x)), 5)
+    monkeypatch.setattr(emb, "KNN_QUERY_BATCH", 4096)  # several batches, the last one merged
+    assert len(list(emb._query_batches(len(x), 128000 // 16 + 1))) == 1
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 16 * 3000)
+    assert list(emb._query_batches(12000, 3001)) == [(0, 4096), (4096, 8192), (8192, 12000)]
+    assert np.array_equal(emb.exact_knn_distance(emb.ArrayRows(x), 5), one_search)
