@@ -309,13 +309,14 @@ def test_new_captions_with_new_axes_are_not_met(tmp_path: Path) -> None:
 class _Catalog:
     """The part of the workspace catalog a snapshot reads, over in-memory tables."""
 
-    def __init__(self, tables: dict[str, pa.Table]):
+    def __init__(self, tables: dict[str, pa.Table], storage: Storage | None = None):
         import duckdb
 
         self.con = duckdb.connect()
         for name, t in tables.items():
             self.con.register(name, t)
         self.views = list(tables)
+        self.storage = storage  # no embedding parts in it: vectors are read through the view
 
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         from exokiratory.core.dataset import fetch_arrow
@@ -336,7 +337,13 @@ def _clustered(n: int = 60) -> dict[str, pa.Table]:
     ids = [f"img{i:03d}" for i in range(n)]
     return {
         "embeddings_clip": pa.table(
-            {"image_id": ids, "embedding": x.tolist(), "error": pa.nulls(n, pa.string())}
+            {
+                "image_id": ids,
+                "image_idx": np.arange(n),
+                "embedding": x.tolist(),
+                "model_id": ["openai/clip-vit-base-patch32"] * n,
+                "error": pa.nulls(n, pa.string()),
+            }
         ),
         "clusters_clip": pa.table(
             {"image_id": ids, "level": [0] * n, "cluster_id": labels, "similarity": x[:, 0]}
@@ -351,17 +358,17 @@ def test_snapshot_from_a_catalog_reuses_the_bootstrap(
 
     storage = Storage(tmp_path)
     tables = _clustered()
-    first = snapshot.record_snapshot(storage, _Catalog(tables), P, trigger="clusters-clip")
+    first = snapshot.record_snapshot(storage, _Catalog(tables, storage), P, trigger="clusters-clip")
     assert first is not None
     assert {"cluster:clip:0", "stability:clip:0", "outlier:clip"} <= set(first.signals)
     stab = History(storage, P.snapshot_digest()).signal(first, "stability:clip:0")
     assert stab.column("score").to_pylist() == [1.0, 1.0, 1.0]  # three separated clusters
-    assert snapshot.record_snapshot(storage, _Catalog(tables), P, trigger="flags") is None
+    assert snapshot.record_snapshot(storage, _Catalog(tables, storage), P, trigger="flags") is None
     # a later pass that does not touch the clusters: the bootstrap is not run again
     monkeypatch.setattr(snapshot, "stability_rows", lambda cat, p: pytest.fail("recomputed"))
     flags = pa.table({"image_id": [f"img{i:03d}" for i in range(60)], "outlier_score": range(60)})
     second = snapshot.record_snapshot(
-        storage, _Catalog({**tables, "flags": flags}), P, trigger="flags"
+        storage, _Catalog({**tables, "flags": flags}, storage), P, trigger="flags"
     )
     assert second is not None and "outlier:features" in second.signals
     assert second.signals["stability:clip:0"] == first.signals["stability:clip:0"]

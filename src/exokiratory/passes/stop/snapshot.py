@@ -84,19 +84,33 @@ def motif_rows(cat: Catalog) -> list[pa.Table]:
     ]
 
 
+#: the seeded bootstrap sample: key columns only (asking the keyed view for ``embedding`` made
+#: DuckDB hold every vector: 30 GB at 10^7 x 768); the vectors are then read from the parts
 SAMPLE_SQL = """
-SELECT e.image_id, e.embedding FROM embeddings_{space} e
-WHERE e.error IS NULL AND e.embedding IS NOT NULL
-  AND e.image_id IN (SELECT image_id FROM clusters_{space})
+SELECT e.image_id, e.image_idx FROM embeddings_{space} e
+WHERE e.error IS NULL
+  AND e.image_id IN (SELECT image_id FROM clusters_{space} WHERE level = 0)
 ORDER BY md5(e.image_id || ?), e.image_id LIMIT {limit}
 """
+
+
+def sample_vectors(cat: Catalog, space: str, keys: pa.Table) -> np.ndarray:
+    """float32 stored vectors of the sample ``keys`` (image_id, image_idx), in their order,
+    gathered in one streamed pass over the embedding parts."""
+    from exokiratory.search.indices import gather_rows, image_chunks, image_keys
+
+    idx = keys.column("image_idx").to_numpy()
+    order = np.argsort(idx, kind="stable")
+    dim = image_keys(cat, space)[3]
+    rows = gather_rows(image_chunks(cat, space), idx[order], dim)
+    out = np.empty((idx.size, dim), np.float32)
+    out[order] = rows
+    return out
 
 
 def stability_rows(cat: Catalog, p: StopParams) -> list[pa.Table]:
     """Bootstrap stability of the levels :func:`bootstrap_levels` picks, per space, on one
     seeded sample of ``bootstrap_sample`` images."""
-    from exokiratory.search.indices import embedding_matrix
-
     out = []
     for space in SPACES:
         view = f"clusters_{space}"
@@ -110,7 +124,7 @@ def stability_rows(cat: Catalog, p: StopParams) -> list[pa.Table]:
         t = cat.query(SAMPLE_SQL.format(space=space, limit=int(p.bootstrap_sample)), [str(p.seed)])
         if t.num_rows < 4:
             continue
-        x, ids = embedding_matrix(t.column("embedding")), t.column("image_id").to_pylist()
+        x, ids = sample_vectors(cat, space, t), t.column("image_id").to_pylist()
         for level in sorted(levels):
             out += _level_stability(cat, view, space, level, x, ids, p)
     return out
