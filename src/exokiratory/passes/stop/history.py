@@ -97,13 +97,26 @@ def signal_digests(table: pa.Table) -> dict[str, dict[str, Any]]:
     for i, (start, name) in enumerate(zip(starts, names, strict=True)):
         end = starts[i + 1] if i + 1 < len(starts) else table.num_rows
         part = table.slice(start, end - start)
-        h = hashlib.sha256("\n".join(part.column("key").to_pylist()).encode())
+        h = hashlib.sha256()
+        _hash_joined(h, part.column("key"))
         for col in ("value", "score"):
             h.update(part.column(col).to_numpy(zero_copy_only=False).tobytes())
         vec = part.column("vector").combine_chunks().flatten()
         h.update(np.asarray(vec.to_numpy(zero_copy_only=False), np.float32).tobytes())
         out[str(name)] = {"rows": end - start, "digest": h.hexdigest()[:16]}
     return out
+
+
+#: keys joined and hashed at a time by :func:`_hash_joined`
+HASH_KEYS = 100_000
+
+
+def _hash_joined(h: Any, keys: pa.ChunkedArray | pa.Array) -> None:
+    """``h.update("\\n".join(keys).encode())``, :data:`HASH_KEYS` keys at a time (the same
+    digest; a snapshot at 10^7 images joined 10^7 Python strings per cluster level at once)."""
+    for lo in range(0, len(keys), HASH_KEYS):
+        text = "\n".join(keys.slice(lo, HASH_KEYS).to_pylist())
+        h.update((("\n" if lo else "") + text).encode())
 
 
 def snapshot_digest(
