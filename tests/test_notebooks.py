@@ -75,6 +75,7 @@ def _outputs_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(text)
 
 
+@pytest.mark.timeout(1800)  # about ten fresh kernels: 135 s quiet, 335 s on a shared machine
 def test_notebooks_run_in_order_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "photos"
     src.mkdir()
