@@ -465,14 +465,13 @@ def test_run_records_snapshots_and_cli_prints_criteria(tmp_path: Path, photos: P
     assert ws.stop().to_dict()["criteria"][3]["threshold"] == 0.5
 
 
-def test_keys_are_hashed_in_batches_with_the_same_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_are_hashed_in_batches_with_the_same_digest() -> None:
     import hashlib
 
-    from exokiratory.passes.stop import history
+    from exokiratory.core.hashing import update_joined
 
-    monkeypatch.setattr(history, "HASH_KEYS", 3)
     for n in (0, 1, 3, 7):
         keys = pa.chunked_array([pa.array([f"img{i}" for i in range(n)], pa.string())])
         h = hashlib.sha256()
-        history._hash_joined(h, keys)
+        update_joined(h, keys, "\n", batch=3)
         assert h.hexdigest() == hashlib.sha256("\n".join(keys.to_pylist()).encode()).hexdigest()

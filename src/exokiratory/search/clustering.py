@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exokiratory.search.ivf import Chunk, ShardMap
+from exokiratory.search.ivf import CHANGED, Chunk, ShardMap, exact_half, positions
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,12 @@ def fit_kmeans(
     ``x`` itself up to :data:`TRAIN_SAMPLE_MAX` rows, else the rows :func:`sample_rows` picks,
     so ``fit_kmeans(x[sample_rows(n, seed, TRAIN_SAMPLE_MAX)], ...)`` is the same fit as
     ``fit_kmeans(x, ...)`` (how :func:`stream_hierarchy`'s caller fits without holding ``x``).
-    ``2 <= k <= rows``."""
+    ``1 <= k <= rows``; k = 1: the normalised mean of the unit training rows."""
     n = x.shape[0]
-    if not 2 <= k <= n:
-        raise ValueError(f"k must be in [2, {n}] for {n} vectors, got {k}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] for {n} vectors, got {k}")
+    if k == 1:
+        return normalise_rows(training_rows(x, seed).mean(axis=0, keepdims=True)), None
     if k >= two_level_min_k:
         rows = sample_rows(n, seed, TRAIN_SAMPLE_MAX) if n > TRAIN_SAMPLE_MAX else None
         return fit_two_level(x, k, rows=rows, seed=seed, niter=niter, probe=probe)
@@ -521,11 +523,7 @@ def hierarchical_kmeans(
     (:func:`fit_hierarchy`). ``imap``: the assignment of the rows of ``x`` as cluster tasks
     (:func:`assign_to_centroids`). For rows that do not fit in memory:
     :func:`stream_hierarchy`."""
-    _check_ks(ks)
     x = np.atleast_2d(x)
-    if ks[0] == 1:
-        one = _one_cluster(x)
-        return [Level(1, one.assignments, one.centroids, np.full(1, -1, np.int32))]
     hier = fit_hierarchy(
         x, ks, seed=seed, niter=niter, two_level_min_k=two_level_min_k, probe=probe
     )
@@ -578,7 +576,7 @@ def fit_hierarchy(
     two_level_min_k: int = TWO_LEVEL_MIN_K,
     probe: int = ASSIGN_PROBE,
 ) -> Hierarchy:
-    """Fit the levels of :func:`hierarchical_kmeans` (``ks[0] >= 2``) without assigning any
+    """Fit the levels of :func:`hierarchical_kmeans` without assigning any
     data row: level 0 by :func:`fit_kmeans` of ``train``, which may be the data itself or, for
     the same fit without holding the data, its rows ``sample_rows(n, seed, TRAIN_SAMPLE_MAX)``
     when ``n > TRAIN_SAMPLE_MAX``; level i by :func:`spherical_kmeans` of level i-1's
@@ -654,7 +652,7 @@ def stream_hierarchy(
     depth = len(hier.centroids)
     labels = np.empty((depth, ids.size), np.int32)
     sims = np.empty((depth, ids.size), np.float32)
-    shards = (_exact_half(c) for c in chunks)
+    shards = ((ids, _half_if_exact(vectors)) for ids, vectors in chunks)
     results = (
         imap(_assign_shard, shards, (hier,))
         if imap is not None
@@ -662,24 +660,18 @@ def stream_hierarchy(
     )
     seen = 0
     for shard_ids, lab, sim in results:
-        pos = np.searchsorted(ids, shard_ids)
-        if (pos >= ids.size).any() or not np.array_equal(ids[pos], shard_ids):
-            raise RuntimeError("the embeddings changed while they were read: run it again")
+        pos = positions(ids, shard_ids)
         labels[:, pos], sims[:, pos] = lab, sim
         seen += pos.size
     if seen != ids.size:
-        raise RuntimeError("the embeddings changed while they were read: run it again")
+        raise RuntimeError(CHANGED)
     return labels, sims
 
 
-def _exact_half(chunk: Chunk) -> Chunk:
-    """The chunk with float16 vectors when that loses nothing (float16 storage read back as
-    float32 by DuckDB): half the bytes held and shipped to a task."""
-    ids, vectors = chunk
-    half = vectors.astype(np.float16)
-    if np.array_equal(half.astype(vectors.dtype), vectors, equal_nan=True):
-        return ids, half
-    return ids, vectors
+def _half_if_exact(vectors: np.ndarray) -> np.ndarray:
+    """float16 when that loses nothing: half the bytes held and shipped to a task."""
+    half = exact_half(vectors)
+    return vectors if half is None else half
 
 
 def _assign_shard(shard: Chunk, hier: Hierarchy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -45,12 +45,16 @@ from exokiratory.core.catalog import Catalog
 from exokiratory.core.dataset import keep_one_sql
 from exokiratory.core.storage import Storage
 from exokiratory.search.ivf import (
+    CHANGED,
     IVF_KINDS,
     READ_BATCH,
     Chunk,
     ShardMap,
     arrow_chunks,
     build_ivf,
+    exact_half,
+    only_ids,
+    positions,
 )
 
 log = logging.getLogger(__name__)
@@ -137,35 +141,30 @@ def _stored_vectors(
     return vectors, keys, id_col, model_id
 
 
-def fill_matrix(chunks: Iterable[Chunk], ids: np.ndarray, dim: int) -> np.ndarray:
+def fill_matrix(chunks: Iterable[Chunk], ids: np.ndarray, dim: int | None = None) -> np.ndarray:
     """The vectors of the chunks placed at the positions of their ids in the sorted ``ids``.
     float16 while every value is exactly a float16 (DuckDB returns float16 Parquet as float32,
-    so the cast back is lossless), else float32 from the first chunk that is not.
+    so the cast back is lossless), else float32 from the first chunk that is not. ``dim``:
+    the vector size (None: taken from the first chunk).
 
     Raises:
         RuntimeError: when the chunks do not hold each of ``ids`` exactly once (the embeddings
             changed while they were read)."""
-    out = np.empty((ids.size, dim), np.float16)
+    out = None if dim is None else np.empty((ids.size, dim), np.float16)
     seen = 0
     for chunk_ids, vectors in chunks:
-        pos = np.searchsorted(ids, chunk_ids)
-        if (pos >= ids.size).any() or not np.array_equal(
-            ids[np.minimum(pos, ids.size - 1)], chunk_ids
-        ):
-            raise RuntimeError("the embeddings changed while they were read: run it again")
-        if out.dtype == np.float16:
-            half = vectors.astype(np.float16)
-            if np.array_equal(half.astype(np.float32), vectors, equal_nan=True):
-                out[pos] = half
-                seen += len(pos)
-                continue
+        pos = positions(ids, chunk_ids)
+        if out is None:
+            out = np.empty((ids.size, vectors.shape[1]), np.float16)
+        half = exact_half(vectors) if out.dtype == np.float16 else None
+        if out.dtype == np.float16 and half is None:
             log.info("stored embeddings are not float16: reading them as float32")
             out = out.astype(np.float32)
-        out[pos] = vectors
+        out[pos] = vectors if half is None else half
         seen += len(pos)
     if seen != ids.size:
-        raise RuntimeError("the embeddings changed while they were read: run it again")
-    return out
+        raise RuntimeError(CHANGED)
+    return out if out is not None else np.empty((0, 0), np.float16)
 
 
 def load_segment_embeddings(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Table, str]:
@@ -203,26 +202,11 @@ def image_keys(cat: Catalog, space: str) -> tuple[np.ndarray, pa.Array, str, int
     )
 
 
-def image_chunks(cat: Catalog, space: str, rows: int = READ_BATCH) -> Iterator[Chunk]:
-    """One pass over (image_idx, float32 vectors) chunks of ``rows`` stored embeddings of
-    ``space`` (in part order, the rows the view keeps: :func:`stream_chunks`)."""
-    return iter(stream_chunks(cat, space, False, rows)())
-
-
-def gather_rows(chunks: Iterable[Chunk], wanted: np.ndarray, dim: int) -> np.ndarray:
-    """The vectors of the sorted ids ``wanted`` from one pass over the chunks, in id order,
-    float16 when the storage is (:func:`fill_matrix`): a sample without holding the rest."""
-
-    def only_wanted() -> Iterator[Chunk]:
-        for ids, vectors in chunks:
-            pos = np.minimum(np.searchsorted(wanted, ids), max(wanted.size - 1, 0))
-            hit = wanted[pos] == ids if wanted.size else np.zeros(ids.size, bool)
-            if hit.all():
-                yield ids, vectors
-            elif hit.any():
-                yield ids[hit], vectors[hit]
-
-    return fill_matrix(only_wanted(), wanted, dim)
+def gather_rows(chunks: Iterable[Chunk], wanted: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """The vectors of the sorted ids ``wanted`` from one pass over the chunks (e.g. one
+    :func:`stream_chunks` pass), in id order, float16 when the storage is
+    (:func:`fill_matrix`): a sample without holding the rest."""
+    return fill_matrix(only_ids(chunks, wanted), wanted, dim)
 
 
 def choose_kind(n: int, ivf_above: int | None = None) -> str:

@@ -109,15 +109,47 @@ def gather_sample(chunks: Iterable[Chunk], wanted: np.ndarray, dim: int) -> np.n
     """The vectors of ``wanted`` ids (in id order) from a pass over the chunks."""
     out = np.empty((wanted.size, dim), dtype=np.float32)
     seen = np.zeros(wanted.size, dtype=bool)
-    for ids, vectors in chunks:
+    for ids, vectors in only_ids(chunks, wanted):
         pos = np.searchsorted(wanted, ids)
-        pos = np.minimum(pos, max(wanted.size - 1, 0))
-        hit = wanted[pos] == ids if wanted.size else np.zeros(ids.size, bool)
-        out[pos[hit]] = vectors[hit]
-        seen[pos[hit]] = True
+        out[pos] = vectors
+        seen[pos] = True
     if not seen.all():
         raise RuntimeError("the embeddings changed while the index was built: build it again")
     return out
+
+
+# -- chunk helpers shared by the readers of stored vectors (indices, clustering, spill) ---
+
+CHANGED = "the embeddings changed while they were read: run it again"
+
+
+def only_ids(chunks: Iterable[Chunk], wanted: np.ndarray) -> Iterator[Chunk]:
+    """The rows of each chunk whose id is in the sorted ``wanted`` (empty chunks left out)."""
+    for ids, vectors in chunks:
+        pos = np.minimum(np.searchsorted(wanted, ids), max(wanted.size - 1, 0))
+        hit = wanted[pos] == ids if wanted.size else np.zeros(ids.size, bool)
+        if hit.all():
+            yield ids, vectors
+        elif hit.any():
+            yield ids[hit], vectors[hit]
+
+
+def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Where each of ``ids`` is in ``sorted_ids``.
+
+    Raises:
+        RuntimeError: (:data:`CHANGED`) when one of them is not there."""
+    pos = np.searchsorted(sorted_ids, ids)
+    if (pos >= sorted_ids.size).any() or not np.array_equal(sorted_ids[pos], ids):
+        raise RuntimeError(CHANGED)
+    return pos
+
+
+def exact_half(vectors: np.ndarray) -> np.ndarray | None:
+    """``vectors`` as float16 when that loses nothing (float16 storage, which DuckDB reads back
+    as float32), else None."""
+    half = vectors.astype(np.float16)
+    return half if np.array_equal(half.astype(vectors.dtype), vectors, equal_nan=True) else None
 
 
 def build_ivf(

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from exokiratory.search.ivf import CHANGED, exact_half, positions
+
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
 
@@ -187,10 +189,10 @@ def spill_embeddings(
     seen = 0
     try:
         for chunk_ids, vectors in indices.stream_chunks(cat, space, False)():
-            pos = _positions(idx, chunk_ids)
+            pos = positions(idx, chunk_ids)
             if spill.dtype == np.float16:
-                half = vectors.astype(np.float16)
-                if np.array_equal(half.astype(np.float32), vectors, equal_nan=True):
+                half = exact_half(vectors)
+                if half is not None:
                     vectors = half
                 else:
                     log.info("stored %s embeddings are not float16: spilling float32", space)
@@ -202,19 +204,5 @@ def spill_embeddings(
         raise
     if seen != idx.size:
         spill.close()
-        raise RuntimeError("the embeddings changed while they were read: run it again")
+        raise RuntimeError(CHANGED)
     return SpilledSpace(spill, idx, ids, model_id)
-
-
-def _positions(idx: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(idx, chunk_ids)
-    if (pos >= idx.size).any() or not np.array_equal(idx[np.minimum(pos, idx.size - 1)], chunk_ids):
-        raise RuntimeError("the embeddings changed while they were read: run it again")
-    return pos
-
-
-def digest_ids(h: Any, ids: pa.Array, batch: int = SPILL_BATCH) -> None:
-    """Feed ``"\\0".join(ids)`` (UTF-8) to the hash ``h``, ``batch`` ids at a time."""
-    for lo in range(0, len(ids), batch):
-        part = "\0".join(ids.slice(lo, batch).to_pylist())
-        h.update((part if lo == 0 else "\0" + part).encode())

@@ -41,10 +41,8 @@ from exokiratory.search.clustering import (
     TWO_LEVEL_MIN_K,
     Hierarchy,
     KMeansResult,
-    assign_hierarchy,
     exemplars,
     fit_hierarchy,
-    hierarchical_kmeans,
     level_sizes,
     stream_hierarchy,
     training_positions,
@@ -175,18 +173,11 @@ class ClustersDerivation(Derivation[ClusterParams]):
         every row assigned at every level in a second streamed pass (shards as cluster tasks on
         ``--engine ray``, the same result): memory is the sample and a few shards, never the
         n x d matrix (15 GB of float16 at 10^7 x 768)."""
-        from exokiratory.search.indices import gather_rows, image_chunks
+        from exokiratory.search.indices import gather_rows, stream_chunks
 
         params = self.params
-        n = idx.size
-        if ks[0] == 1:  # a single image
-            x = gather_rows(image_chunks(catalog, self.space), idx, dim)
-            level = hierarchical_kmeans(x, ks)[0]
-            hier = Hierarchy((level.centroids,), (level.parents,))
-            return hier, *assign_hierarchy(x, hier)
-        train = gather_rows(
-            image_chunks(catalog, self.space), idx[training_positions(n, params.seed)], dim
-        )
+        passes = stream_chunks(catalog, self.space, False)  # finds the parts once, read twice
+        train = gather_rows(passes(), idx[training_positions(idx.size, params.seed)], dim)
         hier = fit_hierarchy(
             train,
             ks,
@@ -197,7 +188,7 @@ class ClustersDerivation(Derivation[ClusterParams]):
         )
         del train
         imap = imap_shards if current_engine().name == "ray" else None
-        labels, sims = stream_hierarchy(image_chunks(catalog, self.space), idx, hier, imap=imap)
+        labels, sims = stream_hierarchy(passes(), idx, hier, imap=imap)
         return hier, labels, sims
 
 

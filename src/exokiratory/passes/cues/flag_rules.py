@@ -47,7 +47,7 @@ SEMANTIC_INPUTS = FlagInput("semantic", _semantic_inputs)
 def text_heavy(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
     """Pages of text, screenshots of documents: PASS 1 text likeness, detected text area,
     zero-shot ``text_heavy``."""
-    return in_slices(text_heavy_columns, frame.table, frame.input("semantic"), p, frame.sensed)
+    return in_slices((text_heavy_columns,), frame.table, frame.input("semantic"), p, frame.sensed)
 
 
 @flag_rule(
@@ -63,4 +63,4 @@ def text_heavy(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
 def semantic(frame: FlagFrame, p: SemanticFlagsParams) -> Columns:
     """Modality (photo / scan / graphic), human present, dense scene, and which evidence the
     row used (``semantic_inputs``)."""
-    return in_slices(semantic_columns, frame.table, frame.input("semantic"), p, frame.sensed)
+    return in_slices((semantic_columns,), frame.table, frame.input("semantic"), p, frame.sensed)

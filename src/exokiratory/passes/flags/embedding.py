@@ -57,19 +57,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from exokiratory.core.hashing import update_joined
 from exokiratory.core.robust import high_side_robust_z
 from exokiratory.models.registry import TINY_PREFIX
 from exokiratory.passes.flags.neardup import choose_canonicals, connected_components
 from exokiratory.search.clustering import (
-    TRAIN_SAMPLE_MAX,
-    TWO_LEVEL_MIN_K,
     choose_k,
-    fit_centroids,
     fit_kmeans,
     normalise_rows,
-    sample_rows,
+    training_positions,
 )
-from exokiratory.search.spill import Spill, digest_ids, spill_embeddings
+from exokiratory.search.spill import Spill, spill_embeddings
 
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
@@ -123,8 +121,6 @@ class Rows(Protocol):
 
     def gather(self, rows: np.ndarray) -> np.ndarray: ...
 
-    def array(self) -> np.ndarray: ...
-
 
 @dataclass(frozen=True)
 class ArrayRows:
@@ -145,9 +141,6 @@ class ArrayRows:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.x[rows], np.float32)
-
-    def array(self) -> np.ndarray:
-        return self.x
 
 
 @dataclass(frozen=True)
@@ -170,9 +163,6 @@ class SpillRows:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         return normalise_rows(self.spill.gather(rows))
-
-    def array(self) -> np.ndarray:
-        return self.spill.memmap()
 
 
 def as_rows(vectors: np.ndarray | Spill) -> Rows:
@@ -243,19 +233,14 @@ def load_spaces(catalog: Catalog) -> dict[str, SpaceVectors]:
 
 
 def kmeans_centroids(rows: Rows, k: int, seed: int = 0) -> np.ndarray:
-    """float32 unit centroids of the spherical k-means of the rows (the fit of
-    :func:`exokiratory.search.clustering.spherical_kmeans`, without its assignment pass, which
-    :func:`two_nearest` replaces): below ``TWO_LEVEL_MIN_K`` clusters, one FAISS k-means of the
-    seeded training sample gathered in batches; from it, the fit of
-    :func:`exokiratory.search.clustering.fit_kmeans`, which reads only its sample rows."""
-    if k >= TWO_LEVEL_MIN_K:  # the fit reads only its sample rows (no assignment pass)
-        return fit_kmeans(rows.array(), k, seed=seed, niter=KMEANS_NITER)[0]
-    n = rows.n
-    sample = sample_rows(n, seed, TRAIN_SAMPLE_MAX) if n > TRAIN_SAMPLE_MAX else np.arange(n)
+    """float32 unit centroids of the spherical k-means of the rows: the fit of
+    :func:`exokiratory.search.clustering.fit_kmeans` on its seeded training rows, gathered in
+    batches (the same fit as on every row; its assignment pass is :func:`two_nearest`)."""
+    sample = training_positions(rows.n, seed)
     train = np.empty((sample.size, rows.dim), np.float32)
     for lo in range(0, sample.size, GATHER_BATCH):
-        train[lo : lo + GATHER_BATCH] = normalise_rows(rows.gather(sample[lo : lo + GATHER_BATCH]))
-    return fit_centroids(train, k, seed, KMEANS_NITER)
+        train[lo : lo + GATHER_BATCH] = rows.gather(sample[lo : lo + GATHER_BATCH])
+    return fit_kmeans(train, k, seed=seed, niter=KMEANS_NITER)[0]
 
 
 def two_nearest(rows: Rows, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -656,7 +641,7 @@ def _knn_digest(sv: SpaceVectors, k: int, cluster_size: int) -> str:
     k, the NUL-joined ids, the unit float32 rows' bytes), so its cache entries stay valid."""
     prefix = "knn-v1" if sv.n <= EXACT_KNN_MAX else f"knn-v2-clusters{cluster_size}"
     h = hashlib.sha256(f"{prefix}:{k}:{sv.space}:".encode())
-    digest_ids(h, sv.ids)
+    update_joined(h, sv.ids, "\0")
     rows = sv.rows
     for lo in range(0, rows.n, GATHER_BATCH):
         h.update(rows.read(lo, lo + GATHER_BATCH).data.cast("B"))

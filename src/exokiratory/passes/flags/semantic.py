@@ -54,7 +54,7 @@ Images that were not sensed get nulls (and False flags), like every other flag.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,10 +196,7 @@ def semantic_flag_columns(
         inputs: cue and zero-shot columns aligned with ``t`` (see :func:`align_inputs`), or
             None when neither exists.
     """
-    return {
-        **in_slices(text_heavy_columns, t, inputs, p, sensed),
-        **in_slices(semantic_columns, t, inputs, p, sensed),
-    }
+    return in_slices((text_heavy_columns, semantic_columns), t, inputs, p, sensed)
 
 
 #: rows per slice of :func:`in_slices` (the semantic rules' float64 temporaries cost ~260 B a
@@ -208,21 +205,24 @@ SLICE_ROWS = 1 << 20
 
 
 def in_slices(
-    fn: Callable[[Evidence, SemanticFlagsParams, np.ndarray], dict[str, pa.Array]],
+    fns: Sequence[Callable[[Evidence, SemanticFlagsParams, np.ndarray], dict[str, pa.Array]]],
     t: pa.Table,
     inputs: pa.Table | None,
     p: SemanticFlagsParams,
     sensed: np.ndarray,
 ) -> dict[str, pa.Array]:
-    """``fn(Evidence.of(rows), p, sensed[rows])`` over slices of :data:`SLICE_ROWS` rows, the
-    columns concatenated: the same columns as one call (every computation of these rules is
-    per row), holding one slice's temporaries at a time."""
+    """The columns of every ``fn(Evidence.of(rows), p, sensed[rows])`` over slices of
+    :data:`SLICE_ROWS` rows (one :class:`Evidence` per slice, shared), concatenated: the same
+    columns as one call (every computation of these rules is per row), holding one slice's
+    temporaries at a time."""
     parts = []
     for lo in range(0, max(t.num_rows, 1), SLICE_ROWS):
         rows = None if inputs is None else inputs.slice(lo, SLICE_ROWS)
-        parts.append(
-            fn(Evidence.of(t.slice(lo, SLICE_ROWS), rows), p, sensed[lo : lo + SLICE_ROWS])
-        )
+        ev = Evidence.of(t.slice(lo, SLICE_ROWS), rows)
+        part: dict[str, pa.Array] = {}
+        for fn in fns:
+            part |= fn(ev, p, sensed[lo : lo + SLICE_ROWS])
+        parts.append(part)
     if len(parts) == 1:
         return parts[0]
     return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from exokiratory.core.hashing import update_joined
 from exokiratory.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -98,25 +99,13 @@ def signal_digests(table: pa.Table) -> dict[str, dict[str, Any]]:
         end = starts[i + 1] if i + 1 < len(starts) else table.num_rows
         part = table.slice(start, end - start)
         h = hashlib.sha256()
-        _hash_joined(h, part.column("key"))
+        update_joined(h, part.column("key"), "\n")  # 10^7 keys per level at 10^7
         for col in ("value", "score"):
             h.update(part.column(col).to_numpy(zero_copy_only=False).tobytes())
         vec = part.column("vector").combine_chunks().flatten()
         h.update(np.asarray(vec.to_numpy(zero_copy_only=False), np.float32).tobytes())
         out[str(name)] = {"rows": end - start, "digest": h.hexdigest()[:16]}
     return out
-
-
-#: keys joined and hashed at a time by :func:`_hash_joined`
-HASH_KEYS = 100_000
-
-
-def _hash_joined(h: Any, keys: pa.ChunkedArray | pa.Array) -> None:
-    """``h.update("\\n".join(keys).encode())``, :data:`HASH_KEYS` keys at a time (the same
-    digest; a snapshot at 10^7 images joined 10^7 Python strings per cluster level at once)."""
-    for lo in range(0, len(keys), HASH_KEYS):
-        text = "\n".join(keys.slice(lo, HASH_KEYS).to_pylist())
-        h.update((("\n" if lo else "") + text).encode())
 
 
 def snapshot_digest(

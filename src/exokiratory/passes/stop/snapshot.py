@@ -97,13 +97,12 @@ ORDER BY md5(e.image_id || ?), e.image_id LIMIT {limit}
 def sample_vectors(cat: Catalog, space: str, keys: pa.Table) -> np.ndarray:
     """float32 stored vectors of the sample ``keys`` (image_id, image_idx), in their order,
     gathered in one streamed pass over the embedding parts."""
-    from exokiratory.search.indices import gather_rows, image_chunks, image_keys
+    from exokiratory.search.indices import gather_rows, stream_chunks
 
     idx = keys.column("image_idx").to_numpy()
     order = np.argsort(idx, kind="stable")
-    dim = image_keys(cat, space)[3]
-    rows = gather_rows(image_chunks(cat, space), idx[order], dim)
-    out = np.empty((idx.size, dim), np.float32)
+    rows = gather_rows(stream_chunks(cat, space, False)(), idx[order])
+    out = np.empty(rows.shape, np.float32)
     out[order] = rows
     return out
 
