@@ -6,9 +6,12 @@ time: the bootstrap stability of the clusters (:mod:`.topology`), the mutual k-N
 the segment embeddings (:mod:`.segments`), the captions' vocabulary, PCA basis and Vendi score
 (:mod:`.language`), the top-q outlier sets (:mod:`.outliers`), and which views hold rows of
 random-weight (``tiny``) models. The bootstrap, the dominant cost, is reused from the newest
-snapshot when the clusterings did not change. :class:`Recorder` is what ``Workspace.run`` calls after each
-step: a snapshot when a structural step (:data:`.base.STRUCTURE_STEPS`, ``genprobe*``) wrote rows
-or re-derived; never an error that fails the run.
+snapshot when the clusterings did not change. The rows are streamed from the catalog into
+:class:`.history.SnapshotRows` (spilled and sorted on disk), the clusters read from the
+derivation's parts (:func:`.outliers.clusters_source`): bounded memory at 10^7 images.
+:class:`Recorder` is what ``Workspace.run`` calls after each step: a snapshot when a structural
+step (:data:`.base.STRUCTURE_STEPS`, ``genprobe*``) wrote rows or re-derived; never an error
+that fails the run.
 """
 
 from __future__ import annotations
@@ -19,23 +22,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from exokiratory.core.manifest_cache import arrow_reader
 from exokiratory.core.storage import Storage
 from exokiratory.engine.derive import DeriveReport
 from exokiratory.engine.run import RunReport
 from exokiratory.models.registry import TINY_PREFIX
 from exokiratory.passes.stop.base import StopParams, is_structural, stop_params
 from exokiratory.passes.stop.history import (
+    BATCH_ROWS,
     SNAPSHOT_SCHEMA,
     History,
     SnapshotInfo,
+    SnapshotRows,
+    conform_table,
     new_run_id,
-    signal_digests,
     write_snapshot,
 )
 from exokiratory.passes.stop.language import caption_rows
-from exokiratory.passes.stop.outliers import columns, outlier_rows
+from exokiratory.passes.stop.outliers import clusters_source, columns, outlier_rows
 from exokiratory.passes.stop.segments import alignment
 from exokiratory.passes.stop.topology import bootstrap_stability, stability_table
 
@@ -56,32 +61,35 @@ MODEL_VIEWS = (
 )
 
 
-def cluster_rows(cat: Catalog) -> list[pa.Table]:
+def cluster_sql(cat: Catalog) -> list[str]:
+    """The queries of the ``cluster:<space>:<level>`` rows (streamed: 10^7 per level)."""
     out = []
     for space in SPACES:
-        view = f"clusters_{space}"
-        cols = columns(cat, view)
+        cols = columns(cat, f"clusters_{space}")
         if "cluster_id" not in cols:
             continue
         level = "level" if "level" in cols else "0"
         out.append(
-            cat.query(
-                f"SELECT 'cluster:{space}:' || {level}::VARCHAR AS signal, image_id AS key, "
-                f"cluster_id::BIGINT AS value FROM {view} WHERE cluster_id IS NOT NULL"
-            )
+            f"SELECT 'cluster:{space}:' || {level}::VARCHAR AS signal, image_id AS key, "
+            f"cluster_id::BIGINT AS value FROM {clusters_source(cat, space)} "
+            "WHERE cluster_id IS NOT NULL"
         )
     return out
 
 
-def motif_rows(cat: Catalog) -> list[pa.Table]:
+def motif_sql(cat: Catalog) -> list[str]:
+    """The query of the ``motif:<space>`` rows (one per segment), when there are motifs."""
     if not {"space", "segment_id", "cluster_id"} <= set(columns(cat, "motifs")):
         return []
     return [
-        cat.query(
-            "SELECT 'motif:' || space AS signal, segment_id AS key, cluster_id::BIGINT AS value "
-            "FROM motifs WHERE cluster_id IS NOT NULL"
-        )
+        "SELECT 'motif:' || space AS signal, segment_id AS key, cluster_id::BIGINT AS value "
+        "FROM motifs WHERE cluster_id IS NOT NULL"
     ]
+
+
+def stream(cat: Catalog, sql: str) -> pa.RecordBatchReader:
+    """A catalog query's rows as a stream of batches."""
+    return arrow_reader(cat.con.sql(sql), BATCH_ROWS)
 
 
 #: the seeded bootstrap sample: key columns only (asking the keyed view for ``embedding`` made
@@ -89,7 +97,7 @@ def motif_rows(cat: Catalog) -> list[pa.Table]:
 SAMPLE_SQL = """
 SELECT e.image_id, e.image_idx FROM embeddings_{space} e
 WHERE e.error IS NULL
-  AND e.image_id IN (SELECT image_id FROM clusters_{space} WHERE level = 0)
+  AND e.image_id IN (SELECT image_id FROM {clusters} WHERE level = 0)
 ORDER BY md5(e.image_id || ?), e.image_id LIMIT {limit}
 """
 
@@ -115,17 +123,19 @@ def stability_rows(cat: Catalog, p: StopParams) -> list[pa.Table]:
         view = f"clusters_{space}"
         if "level" not in columns(cat, view) or f"embeddings_{space}" not in cat.views:
             continue
+        src = clusters_source(cat, space)
         levels = bootstrap_levels(
-            cat.rows(f"SELECT level, count(DISTINCT cluster_id) FROM {view} GROUP BY 1"), p
+            cat.rows(f"SELECT level, count(DISTINCT cluster_id) FROM {src} GROUP BY 1"), p
         )
         if not levels:
             continue
-        t = cat.query(SAMPLE_SQL.format(space=space, limit=int(p.bootstrap_sample)), [str(p.seed)])
+        sample = SAMPLE_SQL.format(space=space, clusters=src, limit=int(p.bootstrap_sample))
+        t = cat.query(sample, [str(p.seed)])
         if t.num_rows < 4:
             continue
         x, ids = sample_vectors(cat, space, t), t.column("image_id").to_pylist()
         for level in sorted(levels):
-            out += _level_stability(cat, view, space, level, x, ids, p)
+            out += _level_stability(cat, src, space, level, x, ids, p)
     return out
 
 
@@ -143,7 +153,7 @@ def bootstrap_levels(level_k: list[tuple[Any, ...]], p: StopParams) -> list[int]
 
 def _level_stability(
     cat: Catalog,
-    view: str,
+    src: str,
     space: str,
     level: int,
     x: np.ndarray,
@@ -151,7 +161,7 @@ def _level_stability(
     p: StopParams,
 ) -> list[pa.Table]:
     rows = cat.rows(
-        f"SELECT image_id, cluster_id FROM {view} WHERE level = ? "
+        f"SELECT image_id, cluster_id FROM {src} WHERE level = ? "
         "AND image_id IN (SELECT unnest(?::VARCHAR[]))",
         [level, ids],
     )
@@ -183,49 +193,50 @@ def random_weight(cat: Catalog) -> dict[str, list[str]]:
 
 
 def build_snapshot(
-    cat: Catalog, p: StopParams, previous: History | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
-    """The snapshot rows (:data:`.history.SNAPSHOT_SCHEMA`) and measures of the catalog's
-    current structure. ``previous``: the stored history; when the clusterings are the same as
-    in its newest snapshot, that snapshot's bootstrap stability is reused (the dominant cost)."""
-    clusters = cluster_rows(cat)
-    stability = _reused_stability(previous, clusters)
+    cat: Catalog, p: StopParams, rows: SnapshotRows, previous: History | None = None
+) -> dict[str, Any]:
+    """Gather the snapshot rows (:data:`.history.SNAPSHOT_SCHEMA`) of the catalog's current
+    structure into ``rows`` (spilled, sorted on disk: bounded memory at 10^7 images) and return
+    its measures. ``previous``: the stored history; when the clusterings are the same as in its
+    newest snapshot, that snapshot's bootstrap stability is reused (the dominant cost)."""
+    for sql in [*cluster_sql(cat), *motif_sql(cat)]:
+        rows.add(stream(cat, sql))
+    for t in outlier_rows(cat, p):
+        rows.add(t)
+    captions, metrics = caption_rows(cat, p)
+    for t in captions:
+        rows.add(t)
+    stability = _reused_stability(previous, rows.sort())
     if stability is None:
         stability = stability_rows(cat, p)
-    parts = [*clusters, *stability, *motif_rows(cat), *outlier_rows(cat, p)]
-    captions, metrics = caption_rows(cat, p)
-    parts += captions
+    rows.hold(conform(stability))
     aligned = alignment(cat, p)
     if aligned is not None:
         metrics["segments_alignment"] = aligned
     tiny = random_weight(cat)
     if tiny:
         metrics["random_weight"] = tiny
-    return conform(parts), metrics
+    return metrics
 
 
-def _reused_stability(history: History | None, clusters: list[pa.Table]) -> list[pa.Table] | None:
+def _reused_stability(
+    history: History | None, signals: dict[str, dict[str, Any]]
+) -> list[pa.Table] | None:
+    """The newest snapshot's stability rows when its clusterings have the ``signals``' digests
+    (only the stability signals are read from its file), else None."""
     latest = history.latest if history is not None else None
     if history is None or latest is None:
         return None
-    table = conform(clusters).sort_by([("signal", "ascending"), ("key", "ascending")])
-    now = {k: v["digest"] for k, v in signal_digests(table).items()}
+    now = {k: v["digest"] for k, v in signals.items() if k.startswith("cluster:")}
     before = {k: v["digest"] for k, v in latest.signals.items() if k.startswith("cluster:")}
     if now != before:
         return None
-    t = history.table(latest)
-    return [t.filter(pc.starts_with(t.column("signal"), "stability:"))]
+    return [history.signal(latest, s) for s in sorted(latest.signals) if s.startswith("stability:")]
 
 
 def conform(parts: list[pa.Table]) -> pa.Table:
     """Tables holding some of the snapshot columns, as one table of the snapshot schema."""
-    full = []
-    for t in parts:
-        cols = {
-            f.name: t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-            for f in SNAPSHOT_SCHEMA
-        }
-        full.append(pa.table(cols).cast(SNAPSHOT_SCHEMA))
+    full = [conform_table(t) for t in parts]
     return pa.concat_tables(full) if full else SNAPSHOT_SCHEMA.empty_table()
 
 
@@ -240,16 +251,17 @@ def record_snapshot(
 ) -> SnapshotInfo | None:
     """Build and store a snapshot of the current structure (None: the same as the newest);
     ``wrote``: the passes that wrote rows earlier in the same run."""
-    table, metrics = build_snapshot(cat, p, History(storage, p.snapshot_digest()))
-    return write_snapshot(
-        storage,
-        table,
-        metrics,
-        params_digest=p.snapshot_digest(),
-        trigger=trigger,
-        run_id=run_id or new_run_id(),
-        wrote=wrote,
-    )
+    with SnapshotRows() as rows:
+        metrics = build_snapshot(cat, p, rows, History(storage, p.snapshot_digest()))
+        return write_snapshot(
+            storage,
+            rows,
+            metrics,
+            params_digest=p.snapshot_digest(),
+            trigger=trigger,
+            run_id=run_id or new_run_id(),
+            wrote=wrote,
+        )
 
 
 class Recorder:
