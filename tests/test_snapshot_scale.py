@@ -7,6 +7,10 @@ the derivation's parts, with the same snapshot as through the view."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +190,23 @@ def test_clusters_are_read_from_the_parts_with_the_same_snapshot(tmp_path: Path)
     want = signal_digests(_sorted(snapshot.conform([view])))
     assert {k: v for k, v in info.signals.items() if k.startswith("cluster:")} == want
     assert info.signals["outlier:clip"]["rows"] == 40  # the top 2 % of level 0
+
+
+def test_a_killed_writers_spill_folder_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f"{hist.SPILL_PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "rows.parquet").write_bytes(b"x")
+    live = tmp_path / f"{hist.SPILL_PREFIX}{os.getpid()}-other"
+    live.mkdir()
+    with hist.SnapshotRows() as rows:
+        assert os.path.dirname(rows.dir) == str(tmp_path)
+        assert not stale.exists() and live.exists()

@@ -235,6 +235,29 @@ def _hash_values(values: Iterable[tuple[str, pa.Array]], hashers: dict[str, Any]
     return {n: floats[n] if n in has_null else h for n, h in hashers.items()}
 
 
+SPILL_PREFIX = "exokiratory-snapshot-"
+
+
+def _sweep_spills() -> None:
+    """Remove the spill folders of writers that were killed (their process is gone): a killed
+    kernel must not leave 10^7-row temporary files behind in the system temp folder."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name.removeprefix(SPILL_PREFIX).split("-", 1)[0]
+        if name.startswith(SPILL_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -258,7 +281,8 @@ class SnapshotRows:
     temporary folder is removed on exit."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="exokiratory-snapshot-")
+        self.dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+        _sweep_spills()
         self._spill = os.path.join(self.dir, "rows.parquet")
         self._sorted = os.path.join(self.dir, "sorted.parquet")
         schema = SNAPSHOT_SCHEMA.append(pa.field(_ROW, pa.int64()))
