@@ -26,13 +26,14 @@ from exokiratory.core.layout import FLAGS, IMAGES, PATHS
 from exokiratory.core.manifest import IMAGES_SCHEMA, PATHS_SCHEMA
 from exokiratory.engine import derive
 from exokiratory.engine.flag_rules import FlagSource, feature_columns, flag_rules, load_inputs
+from exokiratory.passes.flags.inputs import flags_input_sql
 from exokiratory.passes.flags.neardup import (
     QUALITY_COLUMNS,
     choose_canonicals,
     connected_components,
 )
 from exokiratory.passes.flags.step import FlagsDerivation
-from exokiratory.passes.flags.table import FLAGS_SCHEMA, derive_flags, flags_input_sql
+from exokiratory.passes.flags.table import FLAGS_SCHEMA, derive_flags
 
 N = 1200
 #: sha256 of the stored flags table of ``_workspace`` (see :func:`_digest`), from the code of
@@ -251,3 +252,35 @@ def test_canonicals_of_the_groups_only_are_those_of_the_whole_sort(seed: int) ->
     expected = _old_choose_canonicals(ids, labels, quality)
     assert np.array_equal(choose_canonicals(ids, labels, quality), expected)
     assert np.array_equal(choose_canonicals(pa.array(ids), labels, quality), expected)
+
+
+def test_the_near_duplicate_search_reads_its_columns_before_the_input_table(
+    flagged: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10^7 images the search peaks alone: it is an early input that reads the
+    near-duplicate columns only and fills the cache before the whole input table is read."""
+    from exokiratory.passes.flags import flag_rules as nd
+
+    seen: list[list[str]] = []
+    real = nd.NearDupSearch.of
+    queries: list[str] = []
+
+    def spy(t: pa.Table, sensed: np.ndarray, p: nd.NearDupParams) -> nd.NearDupSearch:
+        seen.append(t.column_names)
+        return real(t, sensed, p)
+
+    monkeypatch.setattr(nd.NearDupSearch, "of", spy)
+    (step,) = flagged.passes(["flags"])
+    d = cast(FlagsDerivation, step)
+    with flagged.catalog(flagged.passes()) as cat:
+        for old in cat.storage.list_files(f"{d.dataset}/_neardup", ".parquet"):
+            cat.storage.remove(old)
+        query = cat.query
+        monkeypatch.setattr(cat, "query", lambda sql, *a: queries.append(sql) or query(sql, *a))
+        table = d.derive(cat)
+    (columns,) = seen
+    narrow = {"image_id", "image_idx", "status", "scan_error", "n_paths", "sense_error"}
+    assert set(columns) == narrow | {"entropy_score", *nd.NEARDUP_FEATURES}
+    near = queries.index(flags_input_sql(nd.NEARDUP_FEATURES))
+    assert near < queries.index(flags_input_sql(feature_columns(flag_rules())))
+    assert _digest(table.cast(FLAGS_SCHEMA)) == GOLDEN

@@ -121,6 +121,10 @@ class FlagInput:
 
     name: str
     load: Callable[[FlagSource], Any]
+    #: loaded before the frame's input table is read (:func:`load_inputs` with
+    #: ``early=True``): an input that computes something large from its own narrow query (the
+    #: near-duplicate groups) then peaks alone, not next to the whole input table
+    early: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,9 +267,12 @@ def _check_unique_fields(bases: Sequence[type[PassParams]]) -> None:
                 )
 
 
-def load_inputs(rules: Iterable[FlagRule], source: FlagSource) -> dict[str, Any]:
-    """Every side input the rules declare, loaded once each."""
-    inputs = {i.name: i for r in rules for i in r.inputs}
+def load_inputs(
+    rules: Iterable[FlagRule], source: FlagSource, early: bool | None = None
+) -> dict[str, Any]:
+    """Every side input the rules declare, loaded once each (``early``: only those whose
+    :attr:`FlagInput.early` is that)."""
+    inputs = {i.name: i for r in rules for i in r.inputs if early is None or i.early == early}
     return {name: inp.load(source) for name, inp in inputs.items()}
 
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,7 @@ from pydantic import Field
 from exokiratory.core.storage import Storage
 from exokiratory.engine.flag_rules import Columns, FlagFrame, FlagInput, FlagSource, flag_rule
 from exokiratory.engine.step import PassParams
+from exokiratory.passes.flags.inputs import flags_input_sql, sensed_rows
 from exokiratory.passes.flags.neardup import (
     QUALITY_COLUMNS,
     group_near_duplicates,
@@ -124,69 +126,104 @@ class NearDupCache:
         self.storage.write_parquet_atomic(self.rel, table)
 
 
+#: the PASS 1 columns the near-duplicate groups read
+NEARDUP_FEATURES: tuple[str, ...] = (
+    *HASH_COLUMNS,
+    ALPHA_HASH_COLUMN,
+    "text_likeness_score",
+    "noise_score",
+    *QUALITY_COLUMNS,
+)
+
+
 def _neardup_cache(source: FlagSource) -> NearDupCache:
-    """The cache, keyed by the manifests' and PASS 1's part files (where the hashes are)."""
+    """The cache, keyed by the manifests' and PASS 1's part files (where the hashes are),
+    filled when empty from a narrow copy of the flags' input rows (the near-duplicate columns
+    only): an early input, so at 10^7 images the search never sits next to the whole input
+    table and the other rules' columns."""
     hash_inputs = [i for i in source.inputs if i.startswith(("manifests/", "features/global"))]
-    return NearDupCache(
-        source.catalog.storage,
-        source.dataset,
-        hash_inputs,
-        source.params,  # type: ignore[arg-type]  # the composed FlagsParams
-    )
+    p: NearDupParams = source.params  # type: ignore[assignment]  # the composed FlagsParams
+    cache = NearDupCache(source.catalog.storage, source.dataset, hash_inputs, p)
+    if not cache.storage.exists(cache.rel):
+        t = source.catalog.query(flags_input_sql(NEARDUP_FEATURES))
+        search = NearDupSearch.of(t, sensed_rows(t), p)
+        del t  # the search holds its numpy columns only
+        cache.put(search.groups())
+    return cache
 
 
-NEARDUP_CACHE = FlagInput("neardup_cache", _neardup_cache)
+NEARDUP_CACHE = FlagInput("neardup_cache", _neardup_cache, early=True)
 
 
 def near_duplicates(t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> pa.Table:
     """Near-duplicate groups among sensed images: the default (loose) rule between photos, and
     the strict rule between any two images; documents and flat graphics therefore pair only
     under the strict rule, while a flat copy of a photo (blurred, darkened) still joins it."""
-
-    def col(table: pa.Table, name: str) -> np.ndarray:
-        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-
-    with np.errstate(invalid="ignore"):
-        strict = (col(t, "text_likeness_score") >= p.text_heavy_threshold) | (
-            col(t, "noise_score") < p.strict_noise_threshold
-        )
-    idx = np.flatnonzero(sensed)
-    needed = ["image_id", *HASH_COLUMNS, *QUALITY_COLUMNS]
-    needed += [ALPHA_HASH_COLUMN] if ALPHA_HASH_COLUMN in t.column_names else []
-    # the columns it reads only (a take of the whole input table held 2.1 GB more at 10^7),
-    # and the ids as Arrow strings (a Python list of 10^7 ids and its set: ~2 GB more)
-    sub = t.select(needed).take(pa.array(idx, pa.int64()))
-    ids = sub.column("image_id").combine_chunks()
-    hashes = {
-        h: sub.column(h).to_numpy(zero_copy_only=False).astype(np.uint64) for h in HASH_COLUMNS
-    }
-    hashes[ALPHA_HASH_COLUMN] = _alpha_hashes(sub)
-    quality = {name: col(sub, name) for name in QUALITY_COLUMNS}
-    loose_t, tight_t = dict(p.near_duplicate_thresholds), dict(p.strict_near_duplicate_thresholds)
-    alpha_t = loose_t.pop(ALPHA_HASH_COLUMN, ALPHA_HASH_THRESHOLD)
-    tight_t.pop(ALPHA_HASH_COLUMN, None)
-    if p.near_duplicate_large_n is not None and len(ids) > p.near_duplicate_large_n:
-        cap = p.near_duplicate_large_max_threshold
-        log.warning(
-            "near duplicates among %d images: capping hash thresholds at %d (as set by "
-            "passes.flags.near_duplicate_large_n; unset it for the exact thresholds)",
-            len(ids),
-            cap,
-        )
-        loose_t = {k: min(v, cap) for k, v in loose_t.items()}
-        tight_t = {k: min(v, cap) for k, v in tight_t.items()}
-    checks = [(ALPHA_HASH_COLUMN, int(alpha_t))]
-    loose = with_checks(make_clauses(loose_t, None), checks)
-    tight = with_checks(make_clauses(tight_t, [tuple(tight_t)]), checks)
-    rules = [(loose, ~strict[idx]), (tight, None)]
-    return group_near_duplicates(ids, hashes, rules, quality=quality)
+    return NearDupSearch.of(t, sensed, p).groups()
 
 
-def _alpha_hashes(t: pa.Table) -> np.ndarray:
+@dataclass
+class NearDupSearch:
+    """What the search reads, as numpy columns of the sensed rows (one column at a time is
+    taken from the input table: no copy of the table; its caller can drop the table before
+    :meth:`groups`)."""
+
+    ids: pa.Array
+    hashes: dict[str, np.ndarray]
+    quality: dict[str, np.ndarray]
+    strict: np.ndarray
+    p: NearDupParams
+
+    @classmethod
+    def of(cls, t: pa.Table, sensed: np.ndarray, p: NearDupParams) -> NearDupSearch:
+        rows = None if bool(np.all(sensed)) else pa.array(np.flatnonzero(sensed), pa.int64())
+
+        def col(name: str) -> pa.ChunkedArray | pa.Array:
+            c = t.column(name)
+            return c if rows is None else c.take(rows)
+
+        def num(name: str, dtype: type = np.float64) -> np.ndarray:
+            return col(name).to_numpy(zero_copy_only=False).astype(dtype)
+
+        with np.errstate(invalid="ignore"):
+            strict = (num("text_likeness_score") >= p.text_heavy_threshold) | (
+                num("noise_score") < p.strict_noise_threshold
+            )
+        hashes = {h: num(h, np.uint64) for h in HASH_COLUMNS}
+        alpha = col(ALPHA_HASH_COLUMN) if ALPHA_HASH_COLUMN in t.column_names else None
+        hashes[ALPHA_HASH_COLUMN] = _alpha_hashes(alpha, len(strict))
+        ids = col("image_id")
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        return cls(ids, hashes, {c: num(c) for c in QUALITY_COLUMNS}, strict, p)
+
+    def groups(self) -> pa.Table:
+        p = self.p
+        loose_t = dict(p.near_duplicate_thresholds)
+        tight_t = dict(p.strict_near_duplicate_thresholds)
+        alpha_t = loose_t.pop(ALPHA_HASH_COLUMN, ALPHA_HASH_THRESHOLD)
+        tight_t.pop(ALPHA_HASH_COLUMN, None)
+        if p.near_duplicate_large_n is not None and len(self.ids) > p.near_duplicate_large_n:
+            cap = p.near_duplicate_large_max_threshold
+            log.warning(
+                "near duplicates among %d images: capping hash thresholds at %d (as set by "
+                "passes.flags.near_duplicate_large_n; unset it for the exact thresholds)",
+                len(self.ids),
+                cap,
+            )
+            loose_t = {k: min(v, cap) for k, v in loose_t.items()}
+            tight_t = {k: min(v, cap) for k, v in tight_t.items()}
+        checks = [(ALPHA_HASH_COLUMN, int(alpha_t))]
+        loose = with_checks(make_clauses(loose_t, None), checks)
+        tight = with_checks(make_clauses(tight_t, [tuple(tight_t)]), checks)
+        rules = [(loose, ~self.strict), (tight, None)]
+        return group_near_duplicates(self.ids, self.hashes, rules, quality=self.quality)
+
+
+def _alpha_hashes(column: pa.ChunkedArray | pa.Array | None, n: int) -> np.ndarray:
     """The alpha hash column as uint64, 0 (opaque) where null or absent (old parts)."""
-    if ALPHA_HASH_COLUMN not in t.column_names:
-        return np.zeros(t.num_rows, dtype=np.uint64)
-    filled = pc.fill_null(t.column(ALPHA_HASH_COLUMN), 0)
+    if column is None:
+        return np.zeros(n, dtype=np.uint64)
+    filled = pc.fill_null(column, 0)
     return np.asarray(filled.to_numpy(zero_copy_only=False)).astype(np.uint64)
 
 
@@ -201,13 +238,7 @@ def _alpha_hashes(t: pa.Table) -> np.ndarray:
     ],
     order=70,
     params=NearDupParams,
-    features=(
-        *HASH_COLUMNS,
-        ALPHA_HASH_COLUMN,
-        "text_likeness_score",
-        "noise_score",
-        *QUALITY_COLUMNS,
-    ),
+    features=NEARDUP_FEATURES,
     inputs=(NEARDUP_CACHE,),
     reads=("sense",),
 )

@@ -18,12 +18,8 @@ from exokiratory.engine.flag_rules import (
 )
 from exokiratory.engine.registry import register
 from exokiratory.engine.step import Derivation, PassParams
-from exokiratory.passes.flags.table import (
-    FLAGS_SCHEMA,
-    FlagsParams,
-    derive_flags,
-    flags_input_sql,
-)
+from exokiratory.passes.flags.inputs import flags_input_sql
+from exokiratory.passes.flags.table import FLAGS_SCHEMA, FlagsParams, derive_flags
 
 if TYPE_CHECKING:
     from exokiratory.core.catalog import Catalog
@@ -57,6 +53,9 @@ class FlagsDerivation(Derivation[PassParams]):
     def extra_views(self) -> dict[str, str]:
         return {"images_routed": IMAGES_ROUTED_SQL}
 
+    def _source(self, catalog: Catalog, ids: pa.ChunkedArray) -> FlagSource:
+        return FlagSource(catalog, ids, self.dataset, self.inputs, self.params)
+
     def derive(self, catalog: Catalog) -> pa.Table:
         nothing = "nothing is scanned yet: run `exokiratory scan` first"
         if "features" not in catalog.views:
@@ -64,11 +63,14 @@ class FlagsDerivation(Derivation[PassParams]):
                 raise ValueError(nothing)
             raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
         rules = flag_rules()
-        table = catalog.query(flags_input_sql(feature_columns(rules)))  # one row per image
-        if not table.num_rows:
+        ids = catalog.query("SELECT image_id FROM images ORDER BY image_idx")["image_id"]
+        if not len(ids):
             raise ValueError(nothing)
-        source = FlagSource(catalog, table["image_id"], self.dataset, self.inputs, self.params)
-        inputs = load_inputs(rules, source)
+        # the early inputs (the near-duplicate groups) peak before the whole input table is read
+        inputs = load_inputs(rules, self._source(catalog, ids), early=True)
+        del ids
+        table = catalog.query(flags_input_sql(feature_columns(rules)))  # one row per image
+        inputs |= load_inputs(rules, self._source(catalog, table["image_id"]), early=False)
         return derive_flags(
             table, self.params, self.full_version, inputs, dictionary_provenance=True
         )

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from exokiratory.engine.flag_rules import (
     FlagFrame,
@@ -39,6 +38,7 @@ from exokiratory.engine.flag_rules import (
     table_order,
 )
 from exokiratory.engine.step import PassParams
+from exokiratory.passes.flags.inputs import sensed_rows
 
 KEY_FIELDS: tuple[pa.Field, ...] = (
     pa.field("image_id", pa.string(), nullable=False),
@@ -48,8 +48,6 @@ PROVENANCE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("flags_version", pa.string()),
     pa.field("flags_params", pa.string()),
 )
-#: PASS 1 columns every row reads (whether it was sensed)
-BASE_FEATURES: tuple[str, ...] = ("entropy_score",)
 
 
 def flags_schema(rules: Sequence[FlagRule]) -> pa.Schema:
@@ -63,26 +61,6 @@ FlagsParams: type[PassParams] = compose_params(flag_rules(), "FlagsParams", __na
 FLAGS_SCHEMA = flags_schema(flag_rules())
 
 
-def flags_input_sql(features: Sequence[str]) -> str:
-    """One row per registered image (``image_idx`` order): manifest columns, the PASS 1
-    ``features`` (scalars only: never the histogram lists) and the PASS 1 error."""
-    cols = "".join(f"f.{c}, " for c in dict.fromkeys((*BASE_FEATURES, *features)))
-    return f"""
-SELECT i.image_id, i.image_idx, i.status, i.error AS scan_error, i.n_paths,
-       {cols}f.error AS sense_error
-FROM images i
-LEFT JOIN features f USING (image_id)
-ORDER BY i.image_idx
-"""
-
-
-def sensed_rows(t: pa.Table) -> np.ndarray:
-    """Rows with PASS 1 signals: no sense error and a finite entropy."""
-    entropy = t.column("entropy_score").to_numpy(zero_copy_only=False).astype(np.float64)
-    no_error = pc.is_null(t.column("sense_error")).to_numpy(zero_copy_only=False)
-    return np.asarray(no_error, dtype=bool) & np.isfinite(entropy)
-
-
 def derive_flags(
     t: pa.Table,
     p: PassParams,
@@ -91,7 +69,7 @@ def derive_flags(
     rules: Sequence[FlagRule] | None = None,
     dictionary_provenance: bool = False,
 ) -> pa.Table:
-    """Flags for every registered image, from the joined input table (:func:`flags_input_sql`)
+    """Flags for every registered image, from the joined input table (:func:`.inputs.flags_input_sql`)
     and the rules' side inputs (``inputs``; a rule gets None for one that is absent).
     ``rules``: another rule set than the registered one (tests, experiments).
     ``dictionary_provenance``: ``flags_version`` and ``flags_params`` dictionary-encoded (one
