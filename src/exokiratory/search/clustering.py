@@ -17,7 +17,9 @@ fine (:func:`two_level_kmeans`) and assigned approximately; below it, the exact 
 Data that does not fit in memory: the fit reads only the training rows (:func:`fit_kmeans`,
 :func:`fit_hierarchy` on the rows :func:`training_positions` names, the same fit as on the whole
 matrix), and :func:`stream_hierarchy` assigns rows arriving as chunks in any order, shard by
-shard (here or as cluster tasks): the image clusters never hold the n x d matrix.
+shard (here or as cluster tasks): the image clusters never hold the n x d matrix. On a cluster,
+:func:`read_hierarchy` goes further: its tasks read their own rows from the stored parts
+(descriptors of row groups, :class:`.ivf.ShardReader`), so the driver reads no vector at all.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exokiratory.search.ivf import CHANGED, Chunk, ShardMap, exact_half, positions
+from exokiratory.search.ivf import (
+    CHANGED,
+    READ_BATCH,
+    Chunk,
+    ShardMap,
+    ShardReader,
+    exact_half,
+    positions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -649,15 +659,42 @@ def stream_hierarchy(
 
     Raises:
         RuntimeError: when the chunks do not hold each of ``ids`` exactly once."""
-    depth = len(hier.centroids)
-    labels = np.empty((depth, ids.size), np.int32)
-    sims = np.empty((depth, ids.size), np.float32)
     shards = ((ids, _half_if_exact(vectors)) for ids, vectors in chunks)
     results = (
         imap(_assign_shard, shards, (hier,))
         if imap is not None
         else (_assign_shard(s, hier) for s in shards)
     )
+    return _placed(results, ids, len(hier.centroids))
+
+
+def read_hierarchy(
+    reader: ShardReader,
+    ids: np.ndarray,
+    hier: Hierarchy,
+    imap: ShardMap,
+    rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stream_hierarchy` with shards that the tasks read themselves: descriptors of
+    about ``rows`` (default :data:`.ivf.READ_BATCH`) stored rows (``reader.shards``), each task reading its rows from storage and
+    assigning them chunk by chunk (:func:`_assign_read`). ``reader.read`` gives the chunks of the
+    driver's stream, and each chunk is assigned as :func:`stream_hierarchy` assigns it, so the
+    labels and similarities are the same, bit for bit; the driver reads no vector (it receives
+    the labels and similarities only).
+
+    Raises:
+        RuntimeError: when the stored rows do not hold each of ``ids`` exactly once."""
+    results = imap(_assign_read, reader.shards(rows or READ_BATCH), (hier, reader))
+    return _placed(results, ids, len(hier.centroids))
+
+
+def _placed(
+    results: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], ids: np.ndarray, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, sims) with one column per id of the sorted ``ids``, from shard results
+    ``(shard ids, labels, sims)`` in any order."""
+    labels = np.empty((depth, ids.size), np.int32)
+    sims = np.empty((depth, ids.size), np.float32)
     seen = 0
     for shard_ids, lab, sim in results:
         pos = positions(ids, shard_ids)
@@ -666,6 +703,24 @@ def stream_hierarchy(
     if seen != ids.size:
         raise RuntimeError(CHANGED)
     return labels, sims
+
+
+def _assign_read(
+    shard: object, hier: Hierarchy, reader: ShardReader
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A task of :func:`read_hierarchy`: (ids, labels, sims) of the rows of the descriptor
+    ``shard``, each chunk read from storage and assigned as one shard of
+    :func:`stream_hierarchy` (the same numbers)."""
+    depth = len(hier.centroids)
+    done = [_assign_shard((i, _half_if_exact(v)), hier) for i, v in reader.read(shard)]
+    if not done:
+        empty = np.zeros((depth, 0), np.int32)
+        return np.zeros(0, np.int64), empty, empty.astype(np.float32)
+    return (
+        np.concatenate([d[0] for d in done]),
+        np.concatenate([d[1] for d in done], axis=1),
+        np.concatenate([d[2] for d in done], axis=1),
+    )
 
 
 def _half_if_exact(vectors: np.ndarray) -> np.ndarray:

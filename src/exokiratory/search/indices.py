@@ -25,24 +25,34 @@ Segment indices (``indices/segments-<space>.*``, built with ``segments=True`` fr
 Builds are incremental: when the stored index holds a subset of the current embeddings with the
 same kind and model, only the new vectors are added. Files are written atomically (the id map and
 metadata after the index; a reader checks that their counts agree).
+
+On a Ray cluster (``imap``), the IVF add and the clusters' assignment read no vector on the
+driver when the image embeddings are read from their parts (:class:`RawParts`): the driver cuts
+descriptors of row groups (:class:`PartReader`) and each task opens its parts through the
+workspace storage's fsspec file system (a bucket every node reads, or a local path), keeping the
+rows the view keeps. Segment embeddings, and image embeddings the view must combine (mixed
+folders), still stream through the driver (:func:`stream_chunks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from exokiratory.core.catalog import Catalog
-from exokiratory.core.dataset import keep_one_sql
+from exokiratory.core.dataset import ORIGIN, is_compacted, keep_one_sql
 from exokiratory.core.storage import Storage
 from exokiratory.search.ivf import (
     CHANGED,
@@ -482,21 +492,32 @@ def stream_chunks(cat: Catalog, space: str, segments: bool, rows: int = READ_BAT
     embeddings, read from DuckDB in record batches. Image embeddings are read from their parts
     directly, keeping the row the view keeps for each key (:class:`RawParts`): the view's
     one-row-per-key window would hold every vector inside DuckDB (measured: +740 MB at
-    10^5 x 768, against +270 MB for the direct read). Otherwise through the view."""
+    10^5 x 768, against +270 MB for the direct read). Otherwise through the view (segment
+    embeddings, mixed folders): those rows always stream through this process, also on a
+    cluster."""
+    return stream_sources(cat, space, segments, rows)[0]
+
+
+def stream_sources(
+    cat: Catalog, space: str, segments: bool, rows: int = READ_BATCH
+) -> tuple[Callable[[], Iterator[Chunk]], RawParts | None]:
+    """(:func:`stream_chunks`'s function, the :class:`RawParts` it reads or None when it
+    reads through the view). With the parts, shard tasks can read their own rows instead
+    (:meth:`RawParts.reader`: the same chunks; the parts are found once for both)."""
     raw = None if segments else RawParts.find(cat, space)
     if raw is not None:
-        return lambda: raw.chunks(cat, rows)
+        return (lambda: raw.chunks(cat, rows)), raw
     view, _, _ = _embedding_view(space, segments)
     id_sql = "(image_idx << 20) | mask_index AS id" if segments else "image_idx"
     id_col = "id" if segments else "image_idx"
     sql = f"SELECT {id_sql}, embedding FROM {view} WHERE error IS NULL"
 
-    def chunks() -> Any:
+    def chunks() -> Iterator[Chunk]:
         rel = cat.con.sql(sql)
         reader = getattr(rel, "to_arrow_reader", None) or getattr(rel, "fetch_record_batch")  # noqa: B009
         return arrow_chunks(reader(rows), id_col)
 
-    return chunks
+    return chunks, None
 
 
 @dataclass(frozen=True)
@@ -504,11 +525,14 @@ class RawParts:
     """The parts of ``embeddings_<space>`` read without the view: ``src`` (the catalog's raw
     source of the dataset's folder) and, per error-free image in image_idx order, the part
     (``filename``) whose row the view keeps (:func:`exokiratory.core.dataset.keep_one_sql` on
-    the key columns only)."""
+    the key columns only); ``folder`` and ``files``: the dataset's folder and the parts
+    ``src`` reads (relative to the workspace, in ``src``'s order)."""
 
     src: str
     ids: np.ndarray
     parts: pa.Array
+    folder: str = ""
+    files: tuple[str, ...] = ()
 
     @classmethod
     def find(cls, cat: Catalog, space: str) -> RawParts | None:
@@ -522,12 +546,14 @@ class RawParts:
         if models.num_rows != 1:
             return None
         for name in cat.storage.listdir(f"embeddings/{space}"):
-            src = cat.raw_source(f"embeddings/{space}/{name}")
+            folder = f"embeddings/{space}/{name}"
+            files = cat.storage.list_files(folder, ".parquet")
+            src = cat.raw_source(folder, files)
             found = cls._winners(cat, src) if src else None
             if found is not None and len(found.ids) == count:
                 held = cat.query(f"SELECT DISTINCT model_id FROM {src} WHERE error IS NULL")
                 if held.column(0).to_pylist() == models.column(0).to_pylist():
-                    return found
+                    return replace(found, folder=folder, files=tuple(files))
         return None
 
     @classmethod
@@ -563,6 +589,161 @@ class RawParts:
         )
         return np.asarray(hit & same, bool)
 
+    def reader(self, cat: Catalog, rows: int = READ_BATCH) -> PartReader:
+        """A :class:`PartReader` of these parts for shard tasks: the parts' row groups (from
+        their Parquet footers, read by DuckDB: no vector), the storage's URL and options, and
+        the keep rule as codes (``ids`` and the winning part of each as an int32 code into the
+        part names). ``rows``: the record batch size of :meth:`chunks` whose chunks the tasks
+        reproduce."""
+        storage = cat.storage
+        urls = [_duckdb_url(storage, f) for f in self.files]
+        compacted = any(is_compacted(f) for f in self.files)
+        groups = cat.query(
+            "SELECT file_name, row_group_id, any_value(row_group_num_rows) AS n "
+            "FROM parquet_metadata(?) GROUP BY ALL",
+            [urls],
+        )
+        number = {u: i for i, u in enumerate(urls)}
+        file_no = np.array([number[u] for u in groups.column(0).to_pylist()], np.int64)
+        group = groups.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+        order = np.lexsort((group, file_no))  # the stream's order: file, then row group
+        enc = self.parts.dictionary_encode()
+        return PartReader(
+            url=storage.url,
+            options=dict(storage.storage_options),
+            files=self.files,
+            # the filename a row without _origin has in the view (catalog.raw_source)
+            names=tuple(_parse_filename(u) if compacted else u for u in urls),
+            ids=self.ids,
+            codes=enc.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+            part_names=enc.dictionary,
+            file_no=file_no[order],
+            group=group[order],
+            group_rows=groups.column(2).to_numpy(zero_copy_only=False).astype(np.int64)[order],
+            batch=rows,
+        )
+
+
+def _duckdb_url(storage: Storage, rel: str) -> str:
+    """A workspace file as the catalog hands it to DuckDB (its ``filename`` column)."""
+    full = storage.path(rel)
+    return full if storage.is_local else str(storage.fs.unstrip_protocol(full))
+
+
+def _parse_filename(url: str) -> str:
+    """DuckDB's ``parse_filename``: the last component of a path, after ``/`` or ``\\``."""
+    return re.split(r"[/\\]", url)[-1]
+
+
+@dataclass(frozen=True)
+class PartReader:
+    """The embedding parts of :class:`RawParts` read by shard tasks themselves
+    (:class:`.ivf.ShardReader`): a descriptor is a range ``(lo, hi)`` of the parts' row groups
+    in stream order (file, then row group); a task opens each part through the workspace
+    storage (``Storage(url, options)``: on a cluster a bucket, or a folder, every node reads),
+    keeps the error-free rows the view keeps (the same rule as :meth:`RawParts._kept`, by part
+    codes) and gives the chunks :meth:`RawParts.chunks` gives for those rows: DuckDB cuts its
+    record batches of ``batch`` rows inside each row group, so the tasks cut the same ones and
+    the chunks (hence the assignment and the IVF index) are identical. Shared once with every
+    task: ``ids`` and ``codes`` are 12 bytes per image (1.2 GB at 10^8, zero-copy in Ray's
+    object store), the rest is per part."""
+
+    url: str
+    options: dict[str, Any]
+    files: tuple[str, ...]
+    names: tuple[str, ...]
+    ids: np.ndarray
+    codes: np.ndarray
+    part_names: pa.Array
+    file_no: np.ndarray
+    group: np.ndarray
+    group_rows: np.ndarray
+    batch: int = READ_BATCH
+
+    def shards(self, rows: int) -> list[tuple[int, int]]:
+        """Ranges of consecutive row groups holding at least ``rows`` stored rows each (the
+        last one fewer), in stream order."""
+        out: list[tuple[int, int]] = []
+        lo, held = 0, 0
+        for i, n in enumerate(self.group_rows.tolist()):
+            held += n
+            if held >= rows:
+                out.append((lo, i + 1))
+                lo, held = i + 1, 0
+        if lo < self.group.size:
+            out.append((lo, int(self.group.size)))
+        return out
+
+    def read(self, shard: tuple[int, int]) -> Iterator[Chunk]:
+        """(image_idx, float32 vectors) chunks of the kept rows of the row groups ``shard``,
+        read from storage here: the chunks of :meth:`RawParts.chunks` for those rows."""
+        storage = Storage(self.url, self.options)
+        lo, hi = shard
+        while lo < hi:
+            f = int(self.file_no[lo])
+            end = lo + 1
+            while end < hi and self.file_no[end] == f:
+                end += 1
+            yield from self._read_part(storage, f, self.group[lo:end].tolist())
+            lo = end
+
+    def _read_part(self, storage: Storage, f: int, groups: list[int]) -> Iterator[Chunk]:
+        full = storage.path(self.files[f])
+        with contextlib.ExitStack() as stack:  # a local part: Arrow's own (faster) file reads
+            source = full if storage.is_local else stack.enter_context(storage.fs.open(full, "rb"))
+            pf = pq.ParquetFile(source)
+            stack.callback(pf.close)
+            held = set(pf.schema_arrow.names)
+            cols = [c for c in ("image_idx", "error", "embedding", ORIGIN) if c in held]
+            for g in groups:
+                batches = pf.iter_batches(batch_size=self.batch, row_groups=[g], columns=cols)
+                for batch in _cut(map(_error_free, batches), self.batch):
+                    keep = self._kept(batch, self.names[f])
+                    if keep.all():
+                        yield from arrow_chunks([batch], "image_idx")
+                    elif keep.any():
+                        yield from arrow_chunks([batch.filter(pa.array(keep))], "image_idx")
+
+    def _kept(self, batch: pa.RecordBatch, name: str) -> np.ndarray:
+        """Whether each row of ``batch`` (of the part named ``name`` in the view) is the one
+        the view keeps for its key (:meth:`RawParts._kept` by codes)."""
+        if self.ids.size == 0:
+            return np.zeros(batch.num_rows, bool)
+        idx = batch.column("image_idx").to_numpy(zero_copy_only=False)
+        pos = np.minimum(np.searchsorted(self.ids, idx), self.ids.size - 1)
+        hit = self.ids[pos] == idx
+        if ORIGIN in batch.schema.names:  # compacted: rows keep the name of their part
+            names = pc.fill_null(batch.column(ORIGIN), name)
+        else:
+            names = pa.array([name])
+        found = pc.fill_null(pc.index_in(names, value_set=self.part_names), -1)
+        codes = found.to_numpy(zero_copy_only=False)
+        return np.asarray(hit & (codes == self.codes[pos]), bool)
+
+
+def _error_free(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows of ``batch`` without an error (the readers' ``WHERE error IS NULL``)."""
+    if "error" not in batch.schema.names:
+        return batch
+    return batch.filter(pc.is_null(batch.column("error")))
+
+
+def _cut(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches`` (one row group) as batches of exactly ``rows`` rows, the last
+    one fewer (how DuckDB's record batch reader cuts a row group), empty ones left out."""
+    held: list[pa.RecordBatch] = []
+    n = 0
+    for batch in batches:
+        held.append(batch)
+        n += batch.num_rows
+        while n >= rows:
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            rest = table.slice(rows)
+            held, n = rest.to_batches(), rest.num_rows
+    if n:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
 
 def _build_ivf_index(
     storage: Storage,
@@ -586,8 +767,10 @@ def _build_ivf_index(
             index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_rel), np.uint8))
         else:
             known = np.zeros(0, np.int64)
-    chunks = stream_chunks(cat, space, segments)
-    index, params, added = build_ivf(kind, idx, dim, chunks, index, known, imap)
+    chunks, raw = stream_sources(cat, space, segments)
+    # on a cluster the tasks read their own rows from the parts (none through this process)
+    reader = raw.reader(cat) if imap is not None and raw is not None else None
+    index, params, added = build_ivf(kind, idx, dim, chunks, index, known, imap, reader)
     if index.ntotal != idx.size:
         raise RuntimeError("the embeddings changed while the index was built: build it again")
     storage.write_bytes_atomic(index_rel, faiss.serialize_index(index).tobytes())

@@ -22,14 +22,19 @@ float32 copy of every embedding. Recall@10 and memory per vector: ``bench/index_
 On a cluster (``imap``, ``index build --engine ray``): training stays on the driver; the rows
 are cut into shards of :data:`SHARD_ROWS` in stream order, each added by a Ray task to an empty
 copy of the trained index (``faiss.serialize_index`` bytes both ways) and merged back in shard
-order (:func:`add_sharded`): the same index, to the byte, as the local build.
+order (:func:`add_sharded`): the same index, to the byte, as the local build. When the rows
+come from the embedding parts (a :class:`ShardReader`, ``reader`` of :func:`build_ivf`), the
+shards are descriptors of row groups and each task reads its own rows from the workspace
+storage (:func:`add_read`; the training sample too, :func:`read_ids`): the driver reads no
+vector, and the index is the same bytes (the tasks' chunks are the local stream's chunks, added
+in the same order).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +60,23 @@ SHARD_ROWS = 1_000_000
 ShardMap = Callable[[Callable[..., Any], Iterable[Any], tuple[Any, ...]], Iterator[Any]]
 """``fn(item, *shared)`` for each item, results in item order: in this process or as Ray tasks
 (:func:`exokiratory.engine.shards.imap_shards`; the search layer does not import the engine)."""
+
+
+class ShardReader(Protocol):
+    """Stored rows that shard tasks read themselves (e.g. :class:`.indices.PartReader`): the
+    driver cuts small descriptors (:meth:`shards`), each task reads the rows of its descriptor
+    from storage (:meth:`read`). A reader is shared once with every task (``imap``'s
+    ``shared``), so it must pickle and stay small beside the rows."""
+
+    def shards(self, rows: int) -> list[Any]:
+        """Descriptors of at least ``rows`` stored rows each (the last one smaller), in the
+        order of the driver's stream (:func:`.indices.stream_chunks`)."""
+        ...
+
+    def read(self, shard: Any) -> Iterator[Chunk]:
+        """The (ids, float32 vectors) chunks of one descriptor: the chunks the driver's stream
+        gives for those rows, in its order."""
+        ...
 
 
 def ivf_params(n: int, dim: int, kind: str) -> dict[str, int]:
@@ -160,18 +182,26 @@ def build_ivf(
     index: Any | None = None,
     known: np.ndarray | None = None,
     imap: ShardMap | None = None,
+    reader: ShardReader | None = None,
 ) -> tuple[Any, dict[str, int], int]:
     """(index, params, vectors added): train a new index on a seeded sample (unless ``index``
     is given) and add every chunk's vectors whose id is not in ``known``. ``chunks()`` starts a
     new pass over the stored vectors (it is called once or twice). ``imap``: add the vectors as
-    shards run by it (:func:`add_sharded`; the very same index)."""
+    shards run by it (:func:`add_sharded`; the very same index); with ``reader`` too, the
+    tasks read their rows themselves (the sample by :func:`read_ids`, the add by
+    :func:`add_read_sharded`) and ``chunks`` is not called."""
     params = ivf_params(all_ids.size, dim, kind)
     if index is None:
         index = new_ivf(kind, dim, params)
         wanted = sample_ids(np.asarray(all_ids, np.int64), params["train_size"], params["seed"])
-        index.train(gather_sample(chunks(), wanted, dim))
+        if imap is not None and reader is not None:
+            index.train(gather_sample(read_ids(reader, wanted, imap), wanted, dim))
+        else:
+            index.train(gather_sample(chunks(), wanted, dim))
     added = 0
     known_sorted = np.sort(known) if known is not None else np.zeros(0, np.int64)
+    if imap is not None and reader is not None:
+        return index, params, add_read_sharded(index, reader, imap, known_sorted)
     if imap is not None:
         return index, params, add_sharded(index, new_rows(chunks(), known_sorted), imap)
     for ids, vectors in chunks():
@@ -232,6 +262,13 @@ def add_sharded(
     by ``imap`` (in this process or a Ray task) to an empty copy of the index, merged back in
     shard order (``merge_from`` appends every inverted list): the same index, to the byte, as
     adding the chunks here one after another. Returns the vectors added."""
+    shards = shard_chunks(chunks, rows or SHARD_ROWS)
+    return _merge_in_order(index, imap(add_shard, shards, (_empty_blob(index),)))
+
+
+def _empty_blob(index: Any) -> np.ndarray:
+    """The trained ``index`` without its vectors, serialised (what every add task starts
+    from)."""
     import faiss
 
     if index.ntotal:  # an incremental build: the copy keeps the training, not the vectors
@@ -239,13 +276,72 @@ def add_sharded(
         empty.reset()
     else:
         empty = index
-    blob = np.asarray(faiss.serialize_index(empty))
+    return np.asarray(faiss.serialize_index(empty))
+
+
+def _merge_in_order(index: Any, outputs: Iterable[np.ndarray]) -> int:
+    """Merge the serialised shard indices into ``index`` in their order (``merge_from``
+    appends every inverted list); returns the vectors added."""
+    import faiss
+
     added = 0
-    for out in imap(add_shard, shard_chunks(chunks, rows or SHARD_ROWS), (blob,)):
+    for out in outputs:
         part = faiss.deserialize_index(out)
         added += int(part.ntotal)
         index.merge_from(part, 0)
     return added
+
+
+def add_read(
+    shard: Any, empty: np.ndarray, reader: ShardReader, known_sorted: np.ndarray
+) -> np.ndarray:
+    """A task of :func:`add_read_sharded`: the trained empty index ``empty`` with the vectors
+    of the descriptor ``shard`` (read from storage here, chunk by chunk, in stream order; ids in
+    ``known_sorted`` left out) added, serialised."""
+    import faiss
+
+    index = faiss.deserialize_index(empty)
+    for ids, vectors in new_rows(reader.read(shard), known_sorted):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return np.asarray(faiss.serialize_index(index))
+
+
+def add_read_sharded(
+    index: Any,
+    reader: ShardReader,
+    imap: ShardMap,
+    known_sorted: np.ndarray | None = None,
+    rows: int | None = None,
+) -> int:
+    """:func:`add_sharded` with shards that the tasks read themselves: descriptors of about
+    ``rows`` (default :data:`SHARD_ROWS`) stored rows, in stream order, each added by a task
+    (:func:`add_read`) to an empty copy of ``index`` and merged back in descriptor order. The
+    tasks add the chunks of the driver's stream, in its order, so the index is the same bytes;
+    the driver reads no vector. Returns the vectors added."""
+    known = np.zeros(0, np.int64) if known_sorted is None else known_sorted
+    shards = reader.shards(rows or SHARD_ROWS)
+    return _merge_in_order(index, imap(add_read, shards, (_empty_blob(index), reader, known)))
+
+
+def read_wanted(shard: Any, reader: ShardReader, wanted: np.ndarray) -> Chunk:
+    """A task of :func:`read_ids`: the rows of the descriptor ``shard`` whose id is in the
+    sorted ``wanted`` (float16 when exact: half the bytes back), possibly none."""
+    got = list(only_ids(reader.read(shard), wanted))
+    if not got:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids, vectors = _join(got)
+    half = exact_half(vectors)
+    return ids, vectors if half is None else half
+
+
+def read_ids(reader: ShardReader, wanted: np.ndarray, imap: ShardMap) -> Iterator[Chunk]:
+    """The stored rows of the sorted ``wanted`` ids as chunks, read by ``imap`` tasks (one
+    per descriptor of :data:`READ_BATCH` rows, :func:`read_wanted`): a training sample without
+    the driver reading the other rows. Chunks hold float16 vectors when that is exact
+    (:func:`.indices.fill_matrix` and :func:`gather_sample` place them by id)."""
+    for ids, vectors in imap(read_wanted, reader.shards(READ_BATCH), (reader, wanted)):
+        if ids.size:
+            yield ids, vectors
 
 
 def arrow_chunks(reader: Iterable[pa.RecordBatch], id_col: str) -> Iterator[Chunk]:

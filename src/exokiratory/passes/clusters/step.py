@@ -44,6 +44,7 @@ from exokiratory.search.clustering import (
     exemplars,
     fit_hierarchy,
     level_sizes,
+    read_hierarchy,
     stream_hierarchy,
     training_positions,
 )
@@ -172,12 +173,21 @@ class ClustersDerivation(Derivation[ClusterParams]):
         ``TRAIN_SAMPLE_MAX``, else a seeded sample, read from the parts in one pass), then
         every row assigned at every level in a second streamed pass (shards as cluster tasks on
         ``--engine ray``, the same result): memory is the sample and a few shards, never the
-        n x d matrix (15 GB of float16 at 10^7 x 768)."""
-        from exokiratory.search.indices import gather_rows, stream_chunks
+        n x d matrix (15 GB of float16 at 10^7 x 768). On Ray, when the vectors come from the
+        parts, both passes are tasks that read their own rows (``PartReader``): this process
+        reads no vector and receives the sample, the labels and the similarities only."""
+        from exokiratory.search.indices import gather_rows, stream_sources
+        from exokiratory.search.ivf import read_ids
 
         params = self.params
-        passes = stream_chunks(catalog, self.space, False)  # finds the parts once, read twice
-        train = gather_rows(passes(), idx[training_positions(idx.size, params.seed)], dim)
+        passes, raw = stream_sources(catalog, self.space, False)  # the parts found once
+        imap = imap_shards if current_engine().name == "ray" else None
+        reader = raw.reader(catalog) if imap is not None and raw is not None else None
+        wanted = idx[training_positions(idx.size, params.seed)]
+        if imap is not None and reader is not None:
+            train = gather_rows(read_ids(reader, wanted, imap), wanted, dim)
+        else:
+            train = gather_rows(passes(), wanted, dim)
         hier = fit_hierarchy(
             train,
             ks,
@@ -187,8 +197,10 @@ class ClustersDerivation(Derivation[ClusterParams]):
             probe=params.assign_probe,
         )
         del train
-        imap = imap_shards if current_engine().name == "ray" else None
-        labels, sims = stream_hierarchy(passes(), idx, hier, imap=imap)
+        if imap is not None and reader is not None:
+            labels, sims = read_hierarchy(reader, idx, hier, imap)
+        else:
+            labels, sims = stream_hierarchy(passes(), idx, hier, imap=imap)
         return hier, labels, sims
 
 
