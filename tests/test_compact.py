@@ -241,3 +241,32 @@ def test_recovered_job_records_name_the_original_batches(tmp_path: Path) -> None
         {"batch": f"part-{i:06d}.parquet", "n_units": 3, "n_errors": 1} for i in range(4)
     ]
     assert recover_jobs(storage, "toy", "v1", REL) == 0  # known now
+
+
+@settings(max_examples=25, deadline=None)
+@given(parts=rows_st, wanted=st.lists(st.integers(0, 31), max_size=5), compact=st.booleans())
+def test_a_key_lookup_gives_the_rows_of_the_view(
+    tmp_path_factory: pytest.TempPathFactory,
+    parts: list[list[tuple[int, float, str | None]]],
+    wanted: list[int],
+    compact: bool,
+) -> None:
+    """Catalog.keyed_rows filters the parts before the one-row-per-key rule: the same rows as
+    filtering the view (superseded rows, errors, compacted parts)."""
+    storage = Storage(str(tmp_path_factory.mktemp("lookup")))
+    _write_parts(storage, parts)
+    if compact:
+        compact_dataset(storage, RULE, min_parts=2, target_bytes=1 << 30)
+    ids = [f"id{k:04d}" for k in wanted]
+    cat = Catalog(storage)
+    try:
+        cat.define_keyed_view("toy", REL, SCHEMA, ("image_id",))
+        view = cat.query(
+            "SELECT * FROM toy WHERE image_id IN (SELECT unnest(?)) ORDER BY image_id", [ids]
+        )
+        found = cat.keyed_rows("toy", "image_id", ids).sort_by("image_id")
+        by_value = cat.keyed_rows("toy", "value", [0.5]).num_rows  # not a key: the view
+    finally:
+        cat.close()
+    assert found.select(view.column_names).to_pylist() == view.to_pylist()
+    assert by_value == sum(1 for r in _view(storage) if r["value"] == 0.5)

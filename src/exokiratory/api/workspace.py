@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from exokiratory.api.status import WorkspaceStatus, workspace_status
 from exokiratory.core.catalog import Catalog
@@ -469,9 +470,9 @@ class Workspace:
                 if segments
                 else (f"embeddings_{space}", "image_id")
             )
-            rows = self.sql(
-                f"SELECT embedding FROM {view} WHERE error IS NULL AND {key} = ?", [image]
-            ).to_pylist()
+            with self.catalog() as cat:
+                found = cat.keyed_rows(view, key, [image]) if view in cat.views else None
+            rows = [] if found is None else found.filter(pc.is_null(found["error"])).to_pylist()
             if not rows:
                 what = key.replace("_", " ")
                 raise ValueError(
