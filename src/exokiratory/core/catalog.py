@@ -332,19 +332,22 @@ class Catalog:
         return f"SELECT {keys}, bool_or(error IS NULL) AS ok FROM {found[1]} GROUP BY {keys}"
 
     def keyed_rows(self, name: str, column: str, values: Sequence[object]) -> pa.Table:
-        """The rows of view ``name`` whose ``column`` is one of ``values``. For a keyed view
-        and a key column, the filter is applied to the parts' rows before the one-row-per-key
-        rule (the same rows: a key's rows are all kept or all dropped), so looking up a few
-        keys does not rank every row of the view (80 s at 10^7 images); otherwise the view
-        is filtered."""
+        """The rows of view ``name`` whose ``column`` is one of ``values`` (see
+        :meth:`keyed_subset_sql`): looking up a few keys does not rank every row of a keyed
+        view (80 s at 10^7 images)."""
+        return self.query(self.keyed_subset_sql(name, column, "SELECT unnest(?)"), [list(values)])
+
+    def keyed_subset_sql(self, name: str, column: str, subquery: str) -> str:
+        """SQL of the rows of view ``name`` whose ``column`` is in ``subquery``. For a keyed
+        view and a key column, the filter is applied to the parts' rows before the
+        one-row-per-key rule (the same rows: a key's rows are all kept or all dropped), so the
+        rule ranks the subset only; otherwise the view is filtered."""
         found = self._keyed.get(name)
         if found is None or column not in found[0]:
-            return self.query(
-                f'SELECT * FROM "{name}" WHERE "{column}" IN (SELECT unnest(?))', [list(values)]
-            )
+            return f'SELECT * FROM "{name}" WHERE "{column}" IN ({subquery})'
         key, src, has_error = found
-        rows = f'(SELECT * FROM {src} WHERE "{column}" IN (SELECT unnest(?)))'
-        return self.query(keep_one_sql(rows, key, has_error, "filename"), [list(values)])
+        rows = f'(SELECT * FROM {src} WHERE "{column}" IN ({subquery}))'
+        return keep_one_sql(rows, key, has_error, "filename")
 
     def raw_source(self, rel: str, listed: Sequence[str] | None = None) -> str:
         """A FROM source over every row of a dataset's parts (with ``filename``), or ''."""
