@@ -9,6 +9,15 @@ range), then the path rows (one part). A kill between the two leaves images whos
 recorded; the rerun reads those files again, finds their IDs registered, and writes only the
 paths. ``image_idx`` continues from the largest committed one, in the same sorted path order as an
 uninterrupted run, so a killed-and-resumed scan ends with the same tables.
+
+Memory is columnar, so that 10^7 files fit in a few GB: the walk is one Arrow table (the
+listing: sorted paths of each source, in source order, with sizes and times, see
+:mod:`.walk`); the plan is a DuckDB anti-join of the listing against the ``paths`` view that
+returns only the listing positions of the files to read (a NumPy array); a batch's rows become
+Python values only when it is read; registered image IDs are an :class:`.idset.IdSet` (~16
+bytes each); vanished paths are a second DuckDB anti-join. The catalog is a snapshot taken
+before any batch is written (its views read the parts listed when it opened), so both joins
+see the manifest as it was when the scan began.
 """
 
 from __future__ import annotations
@@ -20,26 +29,60 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from exokiratory.core.catalog import Catalog
 from exokiratory.core.config import Source, WorkspaceConfig
+from exokiratory.core.dataset import fetch_arrow
 from exokiratory.core.jobs import JobLog, JobRecord, utcnow
 from exokiratory.core.layout import IMAGES, PATHS, SCAN_LOCK
 from exokiratory.core.lock import LeaseLock
 from exokiratory.core.manifest import IMAGES_SCHEMA, PATHS_SCHEMA
+from exokiratory.core.manifest_cache import arrow_reader
 from exokiratory.core.progress import progress_bar
 from exokiratory.core.storage import Storage
+from exokiratory.passes.scan.idset import IdSet, ids_from_arrow
 from exokiratory.passes.scan.inspect import FileInfo, inspect_file
-from exokiratory.passes.scan.walk import Entry, SourceUnavailable, walk_source
+from exokiratory.passes.scan.walk import (
+    LISTING_SCHEMA,
+    SourceUnavailable,
+    WalkResult,
+    release_arrow_memory,
+    walk_source,
+)
 
 log = logging.getLogger(__name__)
+
+#: registered image IDs read from the catalog per Arrow batch
+ID_BATCH_ROWS = 1 << 20
+
+#: the name the listing is registered under in the catalog's DuckDB connection
+_LISTING = "scan_listing"
+
+#: listing positions of the files to read: new paths, changed size or time, errors, walk errors
+_PLAN_SQL = f"""
+SELECT l.ord FROM {_LISTING} l
+LEFT JOIN (SELECT path, status, size_bytes, mtime_ns FROM paths) c ON c.path = l.path
+WHERE c.path IS NULL OR c.status IN ('error', 'missing') OR l.walk_error IS NOT NULL
+   OR c.size_bytes IS DISTINCT FROM l.size_bytes
+   OR c.mtime_ns IS DISTINCT FROM l.mtime_ns
+ORDER BY l.ord
+"""
+
+#: paths recorded present under a completely walked source (the parameter) and not walked now
+_VANISHED_SQL = f"""
+SELECT p.path, p.source, p.image_id, p.size_bytes, p.mtime_ns FROM paths p
+WHERE p.status <> 'missing' AND p.source IN (SELECT unnest(?::VARCHAR[]))
+  AND NOT EXISTS (SELECT 1 FROM {_LISTING} l WHERE l.path = p.path)
+ORDER BY p.path
+"""
 
 
 @dataclass
@@ -71,10 +114,52 @@ class ScanReport:
         )
 
 
-@dataclass(frozen=True)
-class _Planned:
-    entry: Entry
+class _Planned(NamedTuple):
+    """One file to read (Python values exist only for the batch being read)."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    error: str | None
     source: str
+
+
+@dataclass
+class _Listing:
+    """Every file walked, as one Arrow table: :data:`.walk.LISTING_SCHEMA` plus ``src`` (the
+    position of its source in ``sources``) and ``ord`` (the row number: the plan order)."""
+
+    table: pa.Table
+    sources: list[str]
+
+    def rows(self, ords: np.ndarray) -> list[_Planned]:
+        """The rows at listing positions ``ords`` as Python values."""
+        part = self.table.take(pa.array(ords, pa.int64()))
+        cols = [part[c].to_pylist() for c in ("path", "size_bytes", "mtime_ns", "walk_error")]
+        srcs = [self.sources[i] for i in part["src"].to_pylist()]
+        return [_Planned(*row) for row in zip(*cols, srcs, strict=True)]
+
+    def bytes_at(self, ords: np.ndarray) -> int:
+        """The sum of the walked sizes at listing positions ``ords``."""
+        total = pc.sum(self.table["size_bytes"].take(pa.array(ords, pa.int64()))).as_py()
+        return int(total or 0)
+
+
+def _listing(walked: dict[str, WalkResult | None]) -> _Listing:
+    """One table of every source's listing, in source order (the order of the plan)."""
+    tables: list[pa.Table] = []
+    sources: list[str] = []
+    for key, res in walked.items():
+        if res is None or res.listing.num_rows == 0:
+            continue
+        src = np.full(res.listing.num_rows, len(sources), np.int32)
+        tables.append(res.listing.append_column("src", pa.array(src)))
+        sources.append(key)
+    schema = LISTING_SCHEMA.append(pa.field("src", pa.int32()))
+    table = pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+    table = table.append_column("ord", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    release_arrow_memory()  # the sources' own tables, when there were several
+    return _Listing(table, sources)
 
 
 class Scanner:
@@ -105,15 +190,19 @@ class Scanner:
         lock.acquire(force=self.force_lock)
         jobs = JobLog(self.storage, "scan", "pass0-v1", "local")
         try:
-            walked = self._walk_all()
+            listing = _listing(self._walk_all())
+            self.report.unchanged = listing.table.num_rows
             with Catalog(self.storage) as cat:
-                current = cat.query(
-                    "SELECT path, source, size_bytes, mtime_ns, status, image_id, error FROM paths"
-                )
-                registry = cat.query("SELECT image_id, image_idx FROM images_registry")
-                todo = self._plan(walked, current, cat.con)
-            self._process(todo, registry, jobs)
-            self._mark_missing(walked, current, jobs)
+                cat.con.register(_LISTING, listing.table)
+                try:
+                    todo = self._plan(cat.con)
+                    gone = self._vanished(cat.con)
+                finally:
+                    cat.con.unregister(_LISTING)
+                known, next_idx = _registered(cat.con)
+            self.report.unchanged -= len(todo)
+            self._process(listing, todo, known, next_idx, jobs)
+            self._mark_missing(gone, jobs)
         finally:
             jobs.flush()
             lock.release()
@@ -121,9 +210,10 @@ class Scanner:
         return self.report
 
     # -- walking -----------------------------------------------------------------------------
-    def _walk_all(self) -> dict[str, list[Entry] | None]:
-        """Entries per source; ``None`` for a source that is unavailable (nothing is marked)."""
-        out: dict[str, list[Entry] | None] = {}
+    def _walk_all(self) -> dict[str, WalkResult | None]:
+        """The walk of each source; ``None`` for a source that is unavailable (nothing is
+        marked)."""
+        out: dict[str, WalkResult | None] = {}
         exclude = (self.storage.root,) if self.storage.is_local else ()
         with progress_bar("scan: listing", None, self.progress) as advance:
             for src in self.config.sources:
@@ -133,7 +223,7 @@ class Scanner:
     def _walk_one(
         self,
         src: Source,
-        out: dict[str, list[Entry] | None],
+        out: dict[str, WalkResult | None],
         exclude: tuple[str, ...],
         advance: Callable[[int], None],
     ) -> None:
@@ -156,84 +246,51 @@ class Scanner:
         for err in res.folder_errors:
             log.warning("%s", err)
         self.report.folder_errors.extend(res.folder_errors)
-        out[key] = res.entries
+        out[key] = res
         if res.complete:
             self._complete_sources.add(key)
-        self.report.files_seen += len(res.entries)
+        self.report.files_seen += res.listing.num_rows
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(
-        self,
-        walked: dict[str, list[Entry] | None],
-        current: pa.Table,
-        con: duckdb.DuckDBPyConnection,
-    ) -> list[_Planned]:
-        rows = [
-            (src, e.path, e.size, e.mtime_ns, e.error)
-            for src, entries in walked.items()
-            if entries
-            for e in entries
-        ]
-        listing = pa.table(
-            {
-                "source": pa.array([r[0] for r in rows], pa.string()),
-                "path": pa.array([r[1] for r in rows], pa.string()),
-                "size_bytes": pa.array([r[2] for r in rows], pa.int64()),
-                "mtime_ns": pa.array([r[3] for r in rows], pa.int64()),
-                "walk_error": pa.array([r[4] for r in rows], pa.string()),
-                "ord": pa.array(range(len(rows)), pa.int64()),
-            }
-        )
-        con.register("listing", listing)
-        con.register("cur", current)
-        try:
-            changed = con.execute(
-                """
-                SELECT l.source, l.path, l.size_bytes, l.mtime_ns, l.walk_error FROM listing l
-                LEFT JOIN cur c ON c.path = l.path
-                WHERE c.path IS NULL OR c.status IN ('error', 'missing') OR l.walk_error IS NOT NULL
-                   OR c.size_bytes IS DISTINCT FROM l.size_bytes
-                   OR c.mtime_ns IS DISTINCT FROM l.mtime_ns
-                ORDER BY l.ord
-                """
-            ).fetchall()
-        finally:
-            con.unregister("listing")
-            con.unregister("cur")
-        self.report.unchanged = len(rows) - len(changed)
-        return [_Planned(Entry(p, s, m, err), src) for src, p, s, m, err in changed]
+    def _plan(self, con: duckdb.DuckDBPyConnection) -> np.ndarray:
+        """Listing positions of the files to read, ascending (DuckDB reads the ``paths``
+        view: the recorded state is never held in Python)."""
+        found = fetch_arrow(con.sql(_PLAN_SQL))["ord"]
+        return np.asarray(found.to_numpy(), np.int64)
+
+    def _vanished(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
+        """Rows of the paths recorded present under a fully walked source, not walked now."""
+        complete = sorted(self._complete_sources)
+        if not complete:
+            return pa.table({})
+        return fetch_arrow(con.execute(_VANISHED_SQL, [complete]))
 
     # -- reading -----------------------------------------------------------------------------
-    def _process(self, todo: list[_Planned], registry: pa.Table, jobs: JobLog) -> None:
-        known: dict[str, int] = dict(
-            zip(
-                registry.column("image_id").to_pylist(),
-                registry.column("image_idx").to_pylist(),
-                strict=True,
-            )
-        )
-        next_idx = max(known.values(), default=-1) + 1
+    def _process(
+        self, listing: _Listing, todo: np.ndarray, known: IdSet, next_idx: int, jobs: JobLog
+    ) -> None:
         cfg = self.config.scan
         fs_by_source = {
             normalise_source(s.path): _source_fs(s.path, s.storage_options)
             for s in self.config.sources
         }
-        total_bytes = sum(p.entry.size or 0 for p in todo)
+
+        def work(p: _Planned) -> FileInfo:
+            if p.error is not None:
+                return FileInfo("error", error=p.error)
+            return inspect_file(p.path, fs_by_source[p.source], cfg.max_image_pixels)
+
+        total_bytes = listing.bytes_at(todo)
         with (
             ThreadPoolExecutor(max_workers=cfg.hash_workers, thread_name_prefix="exo-hash") as pool,
             progress_bar("scan: hashing", total_bytes or None, self.progress) as advance,
         ):
-            for b, batch in enumerate(_chunks(todo, cfg.batch_size)):
+            for b, ords in enumerate(_chunks(todo, cfg.batch_size)):
                 started = utcnow()
-
-                def work(p: _Planned) -> FileInfo:
-                    if p.entry.error is not None:
-                        return FileInfo("error", error=p.entry.error)
-                    return inspect_file(p.entry.path, fs_by_source[p.source], cfg.max_image_pixels)
-
+                batch = listing.rows(ords)
                 infos = list(pool.map(work, batch))
                 next_idx, n_bytes = self._commit(batch, infos, known, next_idx)
-                advance(sum(p.entry.size or 0 for p in batch))
+                advance(sum(p.size or 0 for p in batch))
                 jobs.add(
                     JobRecord(
                         batch=f"scan-{b:06d}",
@@ -252,7 +309,7 @@ class Scanner:
         self,
         batch: Sequence[_Planned],
         infos: Sequence[FileInfo],
-        known: dict[str, int],
+        known: IdSet,
         next_idx: int,
     ) -> tuple[int, int]:
         now = utcnow()
@@ -266,8 +323,8 @@ class Scanner:
                 if image_id in known:
                     self.report.known_content += 1
                 else:
-                    known[image_id] = next_idx
-                    new_rows.append(_image_row(image_id, next_idx, info, planned.entry.path, now))
+                    known.add(image_id)
+                    new_rows.append(_image_row(image_id, next_idx, info, planned.path, now))
                     next_idx += 1
                     self.report.new_images += 1
                     self.report.unreadable += info.status == "unreadable"
@@ -275,18 +332,7 @@ class Scanner:
                 self.report.ignored += 1
             else:
                 self.report.errors += 1
-            path_rows.append(
-                {
-                    "path": planned.entry.path,
-                    "source": planned.source,
-                    "image_id": image_id,
-                    "size_bytes": info.size if info.size is not None else planned.entry.size,
-                    "mtime_ns": planned.entry.mtime_ns,
-                    "status": info.kind,
-                    "error": info.error if info.kind != "image" else None,
-                    "seen_at": now,
-                }
-            )
+            path_rows.append(_path_row(planned, info, now))
         n_bytes = 0
         if new_rows:
             first, last = new_rows[0]["image_idx"], new_rows[-1]["image_idx"]
@@ -307,40 +353,13 @@ class Scanner:
         return self.storage.write_parquet_atomic(name, table)
 
     # -- vanished files ----------------------------------------------------------------------
-    def _mark_missing(
-        self, walked: dict[str, list[Entry] | None], current: pa.Table, jobs: JobLog
-    ) -> None:
-        """Paths recorded as present under a fully walked source but not walked now."""
-        present = pa.array(
-            sorted(e.path for entries in walked.values() if entries for e in entries), pa.string()
-        )
-        keep = pc.and_(
-            pc.and_(
-                pc.not_equal(current["status"], "missing"),
-                pc.invert(pc.is_in(current["path"], value_set=present)),
-            ),
-            pc.is_in(
-                current["source"], value_set=pa.array(sorted(self._complete_sources), pa.string())
-            ),
-        )
-        gone = current.filter(keep)
+    def _mark_missing(self, gone: pa.Table, jobs: JobLog) -> None:
+        """Write ``missing`` rows for the vanished paths (:meth:`_vanished`), in chunks."""
         n = gone.num_rows
-        table = pa.table(
-            {
-                "path": gone["path"],
-                "source": gone["source"],
-                "image_id": gone["image_id"],
-                "size_bytes": gone["size_bytes"],
-                "mtime_ns": gone["mtime_ns"],
-                "status": pa.array(["missing"] * n, pa.string()),
-                "error": pa.nulls(n, pa.string()),
-                "seen_at": pa.array([utcnow()] * n, pa.timestamp("us", tz="UTC")),
-            },
-            schema=PATHS_SCHEMA,
-        )
+        now = utcnow()
         chunk = max(self.config.scan.batch_size, 10000)
         for start in range(0, n, chunk):
-            part = table.slice(start, chunk)
+            part = _missing_rows(gone.slice(start, chunk), now)
             written = self._write_paths_table(part)
             jobs.add(
                 JobRecord(
@@ -348,6 +367,40 @@ class Scanner:
                 )
             )
         self.report.missing = n
+
+
+def _registered(con: duckdb.DuckDBPyConnection) -> tuple[IdSet, int]:
+    """The registered image IDs, and the next ``image_idx`` (one past the largest)."""
+    (largest,) = con.execute("SELECT max(image_idx) FROM images_registry").fetchall()[0]
+    next_idx = 0 if largest is None else int(largest) + 1
+    rel = con.sql("SELECT unhex(image_id) AS id FROM images_registry")
+    return IdSet(ids_from_arrow(b.column(0)) for b in arrow_reader(rel, ID_BATCH_ROWS)), next_idx
+
+
+def _path_row(planned: _Planned, info: FileInfo, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "path": planned.path,
+        "source": planned.source,
+        "image_id": info.image_id,
+        "size_bytes": info.size if info.size is not None else planned.size,
+        "mtime_ns": planned.mtime_ns,
+        "status": info.kind,
+        "error": info.error if info.kind != "image" else None,
+        "seen_at": now,
+    }
+
+
+def _missing_rows(gone: pa.Table, now: dt.datetime) -> pa.Table:
+    """``missing`` rows (:data:`PATHS_SCHEMA`) for vanished paths, keeping their last state."""
+    n = gone.num_rows
+    columns = {
+        name: gone[name].cast(PATHS_SCHEMA.field(name).type)
+        for name in ("path", "source", "image_id", "size_bytes", "mtime_ns")
+    }
+    columns["status"] = pa.array(["missing"] * n, pa.string())
+    columns["error"] = pa.nulls(n, pa.string())
+    columns["seen_at"] = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
+    return pa.table(columns, schema=PATHS_SCHEMA)
 
 
 def _image_row(
@@ -368,7 +421,7 @@ def _image_row(
     }
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
