@@ -270,3 +270,36 @@ def test_a_key_lookup_gives_the_rows_of_the_view(
         cat.close()
     assert found.select(view.column_names).to_pylist() == view.to_pylist()
     assert by_value == sum(1 for r in _view(storage) if r["value"] == 0.5)
+
+
+def test_streamed_compaction_keeps_exactly_the_rows_readers_keep(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups above STREAM_BYTES are compacted one part at a time: the same readers' rows."""
+    from exokiratory.core import compact
+
+    monkeypatch.setattr(compact, "STREAM_BYTES", 0)
+    test_compaction_keeps_exactly_the_rows_readers_keep(tmp_path_factory)
+
+
+_STREAMED_KILL_SCRIPT = _KILL_SCRIPT.replace(
+    "class Slow(Storage):",
+    "import exokiratory.core.compact as c\nc.STREAM_BYTES = 0\n\nclass Slow(Storage):",
+).replace(
+    "    def write_parquet_atomic(self, rel, table):\n"
+    "        n = super().write_parquet_atomic(rel, table)",
+    "    def write_parquet_stream(self, rel, schema, parts, row_group_size=None):\n"
+    "        n = super().write_parquet_stream(rel, schema, parts, row_group_size)",
+)
+
+
+@pytest.mark.slow
+def test_sigkill_during_streamed_compaction_keeps_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "write_parquet_stream" in _STREAMED_KILL_SCRIPT
+    monkeypatch.setattr(sys.modules[__name__], "_KILL_SCRIPT", _STREAMED_KILL_SCRIPT)
+    from exokiratory.core import compact
+
+    monkeypatch.setattr(compact, "STREAM_BYTES", 0)  # the reruns stream too
+    test_sigkill_during_compaction_keeps_the_tables(tmp_path)

@@ -18,6 +18,10 @@ own name otherwise, so:
 Only parts smaller than the target size are grouped, in name order, so large parts are not
 rewritten again and again as a collection grows. Column types are kept exactly (float16
 embeddings stay float16): rows are chosen with DuckDB on the key columns and taken with Arrow.
+A group of up to :data:`STREAM_BYTES` is read whole and written sorted by key; a larger one is
+compacted streamed (the path log of a 10^7-file first scan is one group): DuckDB chooses the
+winners from the key columns of the files, then the parts are read one at a time, their winners
+taken and written in part order, so memory is the key columns and one part, not the group.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from exokiratory.core.dataset import COMPACT_PREFIX, ORIGIN, PART_SUFFIX, fetch_arrow
 from exokiratory.core.storage import Storage
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 #: makes a dataset worth compacting after a run
 TARGET_BYTES = 512 * 1024 * 1024
 MIN_PARTS = 32
+#: a group of more compressed bytes than this is compacted streamed (see the module docstring)
+STREAM_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -151,13 +159,19 @@ def compact_dataset(
     sizes = part_sizes(storage, rule.rel)
     groups = plan_groups(sizes, target_bytes, min_parts)
     rows = 0
+    size_of = dict(sizes)
     for group in groups:
-        kept = kept_rows(_read_group(storage, group), rule)
-        storage.write_parquet_atomic(f"{rule.rel}/{group_name(group)}", kept)
-        rows += kept.num_rows
+        name = f"{rule.rel}/{group_name(group)}"
+        if sum(size_of[p] for p in group) > STREAM_BYTES:
+            n = _compact_streamed(storage, group, rule, name)
+        else:
+            kept = kept_rows(_read_group(storage, group), rule)
+            storage.write_parquet_atomic(name, kept)
+            n = kept.num_rows
+        rows += n
         for path in group:  # the compacted part is whole: its inputs can go, in any order
             storage.remove(path)
-        log.info("compacted %d parts of %s into one (%d rows)", len(group), rule.rel, len(kept))
+        log.info("compacted %d parts of %s into one (%d rows)", len(group), rule.rel, n)
     after = part_sizes(storage, rule.rel) if groups else sizes
     return CompactResult(
         rule.rel,
@@ -167,3 +181,82 @@ def compact_dataset(
         sum(n for _, n in sizes),
         sum(n for _, n in after),
     )
+
+
+def _compact_streamed(storage: Storage, group: Sequence[str], rule: CompactRule, rel: str) -> int:
+    """Write the rows readers keep from ``group`` as the part ``rel``, one input part in
+    memory at a time (in part order, then row order); returns the rows written."""
+    schemas = [_schema(storage, p) for p in group]
+    winners = _winners(storage, group, rule, any(ORIGIN in s.names for s in schemas))
+    schema = pa.unify_schemas(
+        [*schemas, pa.schema([pa.field(ORIGIN, pa.string())])], promote_options="default"
+    )
+
+    def tables() -> Iterator[pa.Table]:
+        for i, path in enumerate(group):
+            rows = winners.get(i)
+            if rows is None:
+                continue
+            t = storage.read_parquet(path).take(pa.array(rows, pa.int64()))
+            if ORIGIN not in t.column_names:
+                name = path.rsplit("/", 1)[-1]
+                t = t.append_column(ORIGIN, pa.array([name] * t.num_rows, pa.string()))
+            yield _conform(t, schema)
+
+    storage.write_parquet_stream(rel, schema, tables())
+    return sum(len(r) for r in winners.values())
+
+
+def _schema(storage: Storage, rel: str) -> pa.Schema:
+    with storage.fs.open(storage.path(rel), "rb") as fh:
+        return pq.read_schema(fh)
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    cols = [
+        t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=schema.remove_metadata()).cast(schema)
+
+
+def _winners(
+    storage: Storage, group: Sequence[str], rule: CompactRule, has_origin: bool
+) -> dict[int, np.ndarray]:
+    """Part index in ``group`` -> the sorted row numbers of the rows readers keep from it,
+    chosen by DuckDB from the key and ordering columns of the files (the rule of
+    :func:`kept_rows`, ties broken by part then row, as there)."""
+    urls = [
+        storage.path(p) if storage.is_local else storage.fs.unstrip_protocol(storage.path(p))
+        for p in group
+    ]
+    words = set(re.findall(r"\w+", rule.order)) - {ORIGIN}
+    present = set().union(*(s.names for s in (_schema(storage, p) for p in group)))
+    keys = ", ".join(f'"{k}"' for k in rule.key)
+    cols = ", ".join(f'"{c}"' for c in sorted(words & present - set(rule.key)))
+    origin = (
+        f"coalesce({ORIGIN}, parse_filename(filename))"
+        if has_origin
+        else "parse_filename(filename)"
+    )
+    sql = f"""SELECT _part, file_row_number AS _frow FROM (
+                SELECT {keys}, {cols + ", " if cols else ""}file_row_number,
+                       list_position(?::VARCHAR[], filename) AS _part, {origin} AS {ORIGIN}
+                FROM read_parquet(?, filename=true, file_row_number=true, union_by_name=true))
+              QUALIFY row_number() OVER (PARTITION BY {keys}
+                ORDER BY {rule.order}, _part, file_row_number) = 1"""
+    con = duckdb.connect()
+    try:
+        if not storage.is_local:
+            con.register_filesystem(storage.fs)
+        t = fetch_arrow(con.execute(sql, [urls, urls]))
+    finally:
+        con.close()
+    if t.num_rows == 0:
+        return {}
+    part = t.column("_part").to_numpy() - 1
+    row = t.column("_frow").to_numpy()
+    order = np.lexsort((row, part))
+    part, row = part[order], row[order]
+    cuts = np.flatnonzero(np.diff(part)) + 1
+    return {int(p[0]): r for p, r in zip(np.split(part, cuts), np.split(row, cuts), strict=True)}

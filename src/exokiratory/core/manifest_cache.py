@@ -17,13 +17,11 @@ from the parts as before; the rows are the same either way.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from exokiratory.core.layout import IMAGES, PATHS
 from exokiratory.core.storage import Storage
@@ -77,11 +75,7 @@ def write_view(storage: Storage, rel: str, result: duckdb.DuckDBPyRelation) -> N
     """Store a query's rows as one Parquet file, streamed in row groups of :data:`ROW_GROUP`
     rows (bounded memory at 10^7 images; DuckDB scans the row groups in parallel)."""
     reader = arrow_reader(result, ROW_GROUP)
-    buf = io.BytesIO()
-    with pq.ParquetWriter(buf, reader.schema, compression="zstd") as writer:
-        for batch in reader:
-            writer.write_batch(batch, row_group_size=ROW_GROUP)
-    storage.write_bytes_atomic(rel, buf.getvalue())
+    storage.write_parquet_stream(rel, reader.schema, reader, row_group_size=ROW_GROUP)
 
 
 def prune(storage: Storage, digest: str) -> None:

@@ -12,8 +12,9 @@ import hashlib
 import io
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -190,6 +191,47 @@ class Storage:
         data = buf.getvalue()
         self.write_bytes_atomic(rel, data)
         return len(data)
+
+    def write_parquet_stream(
+        self,
+        rel: str,
+        schema: pa.Schema,
+        parts: Iterable[pa.Table | pa.RecordBatch],
+        row_group_size: int | None = None,
+    ) -> int:
+        """Write one Parquet file from a stream of tables or batches, whole or absent, in
+        bounded memory (the file is never held: a temporary name in the same folder renamed
+        into place, or on an object store a local temporary file sent with one put); returns
+        its size in bytes."""
+        full = self.path(rel)
+        if self.is_local:
+            folder = os.path.dirname(full)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=TMP_PREFIX, suffix=f"-{os.path.basename(full)}", dir=folder
+            )
+        else:
+            fd, tmp = tempfile.mkstemp(prefix="exokiratory-put-", suffix=".parquet")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                with pq.ParquetWriter(fh, schema, compression="zstd", write_statistics=True) as w:
+                    for part in parts:
+                        t = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+                        w.write_table(t, row_group_size=row_group_size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            size = os.path.getsize(tmp)
+            if self.is_local:
+                os.replace(tmp, full)
+            else:
+                parent = posixpath.dirname(full)
+                if parent:
+                    self.fs.makedirs(parent, exist_ok=True)
+                self.fs.put_file(tmp, full)  # one put: object stores commit it whole
+            return size
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as fh:

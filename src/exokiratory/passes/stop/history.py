@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from exokiratory.core.hashing import update_joined
-from exokiratory.core.storage import TMP_PREFIX, Storage
+from exokiratory.core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -426,40 +426,12 @@ def write_snapshot(
     }
     rel = f"{HISTORY}/snap-{seq:06d}-{digest}.parquet"
     schema = SNAPSHOT_SCHEMA.with_metadata({META_KEY: json.dumps(meta, default=str)})
-    _write_atomic(storage, rel, schema, table)
+    storage.write_parquet_stream(rel, schema, table.tables())
     log.info("structure snapshot %s recorded after %s", rel, trigger)
     return SnapshotInfo(seq, digest, rel, meta)
 
 
-def _write_atomic(storage: Storage, rel: str, schema: pa.Schema, rows: SnapshotRows) -> None:
-    """The rows as one Parquet file at ``rel``, whole or absent: a temporary name in the same
-    folder renamed into place, or (object stores) a local file sent with one put."""
-    full = storage.path(rel)
-    if storage.is_local:
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        name = f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}"
-        tmp = os.path.join(os.path.dirname(full), name)
-    else:
-        tmp = os.path.join(rows.dir, "snapshot.parquet")
-    try:
-        with open(tmp, "wb") as fh:
-            with pq.ParquetWriter(fh, schema, compression="zstd", write_statistics=True) as w:
-                for t in rows.tables():
-                    w.write_table(t)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if storage.is_local:
-            os.replace(tmp, full)
-        else:
-            storage.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
-            storage.fs.put_file(tmp, full)  # one put: object stores commit it whole
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def new_run_id() -> str:
-    import uuid
 
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
