@@ -446,7 +446,7 @@ class Workspace:
         view = f"segment_embeddings_{space}" if segments else f"embeddings_{space}"
         step = f"segment-embed-{space}" if segments else f"embed-{space}"
         with self.catalog() as cat:
-            n = cat.scalar(f"SELECT count(*) FROM {view} WHERE error IS NULL")
+            n = view in cat.views and cat.has_ok_rows(view)
         if not n:
             raise ValueError(f"no {space} embeddings yet: run `exokiratory run {step}` first")
         if read_meta(self.storage, space, segments) is None:

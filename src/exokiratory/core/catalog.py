@@ -337,6 +337,14 @@ class Catalog:
         view (80 s at 10^7 images)."""
         return self.query(self.keyed_subset_sql(name, column, "SELECT unnest(?)"), [list(values)])
 
+    def has_ok_rows(self, name: str) -> bool:
+        """Whether view ``name`` has a row without error. For a keyed view it is answered from
+        the parts (a key's kept row has no error when one of its rows has none), so the
+        answer does not rank every row (30 s at 10^7 images)."""
+        found = self._keyed.get(name)
+        src = found[1] if found is not None and found[2] else f'"{name}"'
+        return bool(self.rows(f"SELECT 1 FROM {src} WHERE error IS NULL LIMIT 1"))
+
     def keyed_subset_sql(self, name: str, column: str, subquery: str) -> str:
         """SQL of the rows of view ``name`` whose ``column`` is in ``subquery``. For a keyed
         view and a key column, the filter is applied to the parts' rows before the
