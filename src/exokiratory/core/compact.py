@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 TARGET_BYTES = 512 * 1024 * 1024
 MIN_PARTS = 32
 #: a group of more compressed bytes than this is compacted streamed (see the module docstring)
-STREAM_BYTES = 64 * 1024 * 1024
+STREAM_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
