@@ -15,7 +15,8 @@ import posixpath
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import IO, Any
 
 import fsspec
 import pyarrow as pa
@@ -192,6 +193,34 @@ class Storage:
         self.write_bytes_atomic(rel, data)
         return len(data)
 
+    @contextmanager
+    def open_atomic(self, rel: str) -> Iterator[IO[bytes]]:
+        """A binary file handle whose content appears at ``rel`` whole, or not at all (a
+        temporary name in the same folder renamed into place, or on an object store a local
+        temporary file sent with one put): a large file is written without being held."""
+        full = self.path(rel)
+        if self.is_local:
+            folder = os.path.dirname(full)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            if self.is_local:
+                os.replace(tmp, full)
+            else:
+                parent = posixpath.dirname(full)
+                if parent:
+                    self.fs.makedirs(parent, exist_ok=True)
+                self.fs.put_file(tmp, full)  # one put: object stores commit it whole
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
     def write_parquet_stream(
         self,
         rel: str,
@@ -200,38 +229,13 @@ class Storage:
         row_group_size: int | None = None,
     ) -> int:
         """Write one Parquet file from a stream of tables or batches, whole or absent, in
-        bounded memory (the file is never held: a temporary name in the same folder renamed
-        into place, or on an object store a local temporary file sent with one put); returns
-        its size in bytes."""
-        full = self.path(rel)
-        if self.is_local:
-            folder = os.path.dirname(full)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=TMP_PREFIX, suffix=f"-{os.path.basename(full)}", dir=folder
-            )
-        else:
-            fd, tmp = tempfile.mkstemp(prefix="exokiratory-put-", suffix=".parquet")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                with pq.ParquetWriter(fh, schema, compression="zstd", write_statistics=True) as w:
-                    for part in parts:
-                        t = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
-                        w.write_table(t, row_group_size=row_group_size)
-                fh.flush()
-                os.fsync(fh.fileno())
-            size = os.path.getsize(tmp)
-            if self.is_local:
-                os.replace(tmp, full)
-            else:
-                parent = posixpath.dirname(full)
-                if parent:
-                    self.fs.makedirs(parent, exist_ok=True)
-                self.fs.put_file(tmp, full)  # one put: object stores commit it whole
-            return size
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        bounded memory (:meth:`open_atomic`); returns its size in bytes."""
+        with self.open_atomic(rel) as fh:
+            with pq.ParquetWriter(fh, schema, compression="zstd", write_statistics=True) as w:
+                for part in parts:
+                    t = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+                    w.write_table(t, row_group_size=row_group_size)
+            return int(fh.tell())
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as fh:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from exokiratory.core.storage import Storage
 from exokiratory.export.records import image_file_name, portable_schema
 from exokiratory.export.selection import Selection
-from exokiratory.export.shards import ImageItem, atomic_file
+from exokiratory.export.shards import ImageItem
 
 IMAGE_COLUMN = "image"
 
@@ -56,7 +56,7 @@ class HFFormat:
             for i in items
         ]
         table = pa.Table.from_pylist(rows, schema=self.schema)
-        with atomic_file(out, shard_rel(index, n_shards)) as fh:
+        with out.open_atomic(shard_rel(index, n_shards)) as fh:
             pq.write_table(
                 table, fh, compression="snappy", row_group_size=100
             )  # images: compressed already

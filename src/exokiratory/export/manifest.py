@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 from exokiratory.core.storage import Storage
 from exokiratory.export.records import plain_table, portable_schema
 from exokiratory.export.selection import Selection
-from exokiratory.export.shards import ImageItem, atomic_file
+from exokiratory.export.shards import ImageItem
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
@@ -24,7 +24,7 @@ def write_manifest(out: Storage, table: pa.Table) -> None:
     """``manifest.parquet`` and ``manifest.csv``, each written whole."""
     table = table.cast(portable_schema(table.schema))
     out.write_parquet_atomic(MANIFEST_PARQUET, table)
-    with atomic_file(out, MANIFEST_CSV) as fh:
+    with out.open_atomic(MANIFEST_CSV) as fh:
         pacsv.write_csv(plain_table(table), fh)
 
 

@@ -19,13 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
@@ -126,33 +123,6 @@ def plan_shards(sizes: list[int], max_images: int, max_bytes: int) -> list[tuple
     if start < len(sizes):
         out.append((start, len(sizes)))
     return out
-
-
-@contextmanager
-def atomic_file(out: Storage, rel: str) -> Iterator[IO[bytes]]:
-    """A binary file handle whose content appears at ``rel`` whole, or not at all."""
-    full = out.path(rel)
-    if out.is_local:
-        folder = os.path.dirname(full)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        if out.is_local:
-            os.replace(tmp, full)
-        else:
-            parent = posixpath.dirname(full)
-            if parent:
-                out.fs.makedirs(parent, exist_ok=True)
-            out.fs.put_file(tmp, full)  # one put: object stores commit it whole
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _remove_stale_temporaries(out: Storage) -> None:
@@ -303,5 +273,5 @@ def _gather_problems(out: Storage, n_shards: int) -> pa.Table:
 
 
 def _write_log_csv(out: Storage, problems: pa.Table) -> None:
-    with atomic_file(out, LOG_CSV) as fh:
+    with out.open_atomic(LOG_CSV) as fh:
         pacsv.write_csv(problems, fh)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from exokiratory.core.storage import Storage
 from exokiratory.export.records import dumps, extension
 from exokiratory.export.selection import Selection
-from exokiratory.export.shards import ImageItem, atomic_file
+from exokiratory.export.shards import ImageItem
 
 
 def shard_rel(index: int) -> str:
@@ -42,7 +42,7 @@ class WebDatasetFormat:
 
     def write_shard(self, out: Storage, index: int, n_shards: int, items: list[ImageItem]) -> None:
         with (
-            atomic_file(out, shard_rel(index)) as fh,
+            out.open_atomic(shard_rel(index)) as fh,
             tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar,
         ):
             for item in items:
