@@ -199,12 +199,11 @@ class Storage:
         temporary name in the same folder renamed into place, or on an object store a local
         temporary file sent with one put): a large file is written without being held."""
         full = self.path(rel)
-        if self.is_local:
-            folder = os.path.dirname(full)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
+        folder = os.path.dirname(full) if self.is_local else tempfile.gettempdir()
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(full)}")
+        # mode 0o666 less the umask, as open() gives (mkstemp's 0o600 hid files from others)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
