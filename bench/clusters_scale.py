@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from exokiratory.core.layout import IMAGES, PATHS
 from exokiratory.core.manifest import IMAGES_SCHEMA, PATHS_SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _proc
 import index_scale
 from index_scale import _centres, labelled_vectors
 from scale_catalog import _table
@@ -125,19 +124,10 @@ def set_cluster_size(ws_root: Path, size: int) -> None:
 
 
 def timed(cmd: list[str], cwd: Path) -> dict[str, Any]:
-    """Wall seconds and peak RSS (MB) of ``cmd`` run in a fresh process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {
-        "wall_s": round(time.perf_counter() - t, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
-        "tail": out.strip().splitlines()[-1:] if out.strip() else [],
-    }
+    """:func:`_proc.timed`, with the last line of the output instead of all of it."""
+    out = _proc.timed(cmd, cwd)
+    text = out.pop("output").strip()
+    return {**out, "tail": text.splitlines()[-1:] if text else []}
 
 
 def quality(ws: Workspace, n: int) -> dict[str, Any]:

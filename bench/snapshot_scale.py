@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from _proc import timed
 
 from exokiratory.api.workspace import Workspace
 from exokiratory.core.dataset import POINTER
@@ -111,25 +110,6 @@ def build(root: Path, n: int) -> Workspace:
     ws = Workspace(str(root / "ws"))
     write_clusters(ws, n, "v1-bench00000000000001")
     return ws
-
-
-def timed(cmd: list[str], cwd: Path) -> dict[str, Any]:
-    """Wall seconds and peak RSS (MB) of ``cmd`` run in a fresh process (and its output)."""
-    load = os.getloadavg()[0]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {
-        "wall_s": round(time.perf_counter() - t, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
-        "load_before": round(load, 2),
-        "load_after": round(os.getloadavg()[0], 2),
-        "output": out,
-    }
 
 
 def record(ws_path: str, trigger: str) -> None:

@@ -116,8 +116,15 @@ def _workspace(root: Path, clusters: dict[str, int]) -> Workspace:
 
 def _part(ws: Workspace, name: str, idx: np.ndarray, x: np.ndarray, error: str | None) -> None:
     (p,) = ws.passes(["embed-clip"])
+    table = clip_part_table(ws, idx, x, error)
+    PartDataset(ws.storage, p.output_rel, p.key, table.schema).write_part(name, table)  # type: ignore[attr-defined]
+
+
+def clip_part_table(ws: Workspace, idx: np.ndarray, x: np.ndarray, error: str | None) -> pa.Table:
+    """Rows of ``embed-clip`` (its schema) for ``idx`` with float16 vectors ``x``."""
+    (p,) = ws.passes(["embed-clip"])
     schema = p.output_schema()
-    table = pa.table(
+    return pa.table(
         {
             "image_id": [f"{i:032x}" for i in idx],
             "image_idx": idx.astype(np.int64),
@@ -130,7 +137,6 @@ def _part(ws: Workspace, name: str, idx: np.ndarray, x: np.ndarray, error: str |
             "error": [error] * len(idx),
         }
     ).cast(schema)
-    PartDataset(ws.storage, p.output_rel, p.key, schema).write_part(name, table)  # type: ignore[attr-defined]
 
 
 def test_stored_embeddings_read_from_parts_as_the_view_keeps_them(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,6 +26,8 @@ from exokiratory.core.compact import compact_dataset
 from exokiratory.core.config import render_config
 from exokiratory.engine.compaction import pass_rule
 from exokiratory.search import clustering, indices, ivf
+
+from .test_cluster_scale import clip_part_table
 
 DIM = 16
 ROWS = 7  # the record batch size of the stream in the chunk test: cuts inside row groups
@@ -64,20 +65,7 @@ def _part(
 ) -> None:
     """A part of ``embed-clip`` with row groups of ``row_group`` rows."""
     (p,) = ws.passes(["embed-clip"])
-    schema = p.output_schema()
-    table = pa.table(
-        {
-            "image_id": [f"{i:032x}" for i in idx],
-            "image_idx": idx.astype(np.int64),
-            "embedding": pa.ListArray.from_arrays(
-                pa.array(np.arange(0, (len(idx) + 1) * DIM, DIM, dtype=np.int32)),
-                pa.array(x.reshape(-1), pa.float16()),
-            ),
-            "model_id": [p.spec.model_id] * len(idx),  # type: ignore[attr-defined]
-            "revision": [None] * len(idx),
-            "error": [error] * len(idx),
-        }
-    ).cast(schema)
+    table = clip_part_table(ws, idx, x, error)
     path = Path(ws.storage.path(f"{p.output_rel}/{name}.parquet"))  # type: ignore[attr-defined]
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group)

@@ -187,8 +187,8 @@ class Catalog:
         self.views: list[str] = []
         self._recorded: list[tuple[str, pa.Table]] | None = None
         self._view_sql: dict[str, str] = {}
-        self._key_status: dict[str, tuple[tuple[str, ...], str]] = {}  # see key_status_sql
-        self._keyed: dict[str, tuple[tuple[str, ...], str, bool]] = {}  # see keyed_rows
+        #: keyed view -> (key, raw source, has an error column): see key_status_sql, keyed_rows
+        self._keyed: dict[str, tuple[tuple[str, ...], str, bool]] = {}
         self._define_manifest_views()
         self._define_jobs_view()
         define_sample_views(self)  # named samples (samples/<name>/), when any exist
@@ -317,16 +317,14 @@ class Catalog:
         one = keep_one_sql(src, key, "error" in schema.names, "filename")
         self._view(name, f"{one} ORDER BY {order}")
         self._keyed[name] = (tuple(key), src, "error" in schema.names)
-        if "error" in schema.names:
-            self._key_status[name] = (tuple(key), src)
 
     def key_status_sql(self, name: str, key: Sequence[str]) -> str | None:
         """For a keyed view ``name`` whose key is ``key``: SQL giving one row per key with
         ``ok``, whether the row readers keep has no error, by a hash aggregate over the key
         and error columns (the view itself sorts every row by key: 3x slower at 10^6). The
         kept row has no error exactly when some row of the key has none (keep_one_sql)."""
-        found = self._key_status.get(name)
-        if found is None or found[0] != tuple(key):
+        found = self._keyed.get(name)
+        if found is None or found[0] != tuple(key) or not found[2]:
             return None
         keys = ", ".join(f'"{k}"' for k in key)
         return f"SELECT {keys}, bool_or(error IS NULL) AS ok FROM {found[1]} GROUP BY {keys}"

@@ -187,7 +187,7 @@ def _compact_streamed(storage: Storage, group: Sequence[str], rule: CompactRule,
     """Write the rows readers keep from ``group`` as the part ``rel``, one input part in
     memory at a time (in part order, then row order); returns the rows written."""
     schemas = [_schema(storage, p) for p in group]
-    winners = _winners(storage, group, rule, any(ORIGIN in s.names for s in schemas))
+    winners = _winners(storage, group, rule, schemas)
     schema = pa.unify_schemas(
         [*schemas, pa.schema([pa.field(ORIGIN, pa.string())])], promote_options="default"
     )
@@ -221,17 +221,18 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _winners(
-    storage: Storage, group: Sequence[str], rule: CompactRule, has_origin: bool
+    storage: Storage, group: Sequence[str], rule: CompactRule, schemas: Sequence[pa.Schema]
 ) -> dict[int, np.ndarray]:
-    """Part index in ``group`` -> the sorted row numbers of the rows readers keep from it,
-    chosen by DuckDB from the key and ordering columns of the files (the rule of
-    :func:`kept_rows`, ties broken by part then row, as there)."""
+    """Part index in ``group`` (whose schemas are ``schemas``) -> the sorted row numbers of the
+    rows readers keep from it, chosen by DuckDB from the key and ordering columns of the files
+    (the rule of :func:`kept_rows`, ties broken by part then row, as there)."""
     urls = [
         storage.path(p) if storage.is_local else storage.fs.unstrip_protocol(storage.path(p))
         for p in group
     ]
     words = set(re.findall(r"\w+", rule.order)) - {ORIGIN}
-    present = set().union(*(s.names for s in (_schema(storage, p) for p in group)))
+    present = set().union(*(s.names for s in schemas))  # the parts' footers, read once
+    has_origin = ORIGIN in present
     keys = ", ".join(f'"{k}"' for k in rule.key)
     cols = ", ".join(f'"{c}"' for c in sorted(words & present - set(rule.key)))
     origin = (

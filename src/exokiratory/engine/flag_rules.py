@@ -96,8 +96,8 @@ class FlagSource:
     """What a side input is loaded from."""
 
     catalog: Catalog
-    #: ``image_id`` of the frame's rows
-    ids: pa.ChunkedArray | pa.Array
+    #: ``image_id`` of the frame's rows; None for an early input (loaded before they are read)
+    ids: pa.ChunkedArray | pa.Array | None
     #: the flags' output folder (caches live under it)
     dataset: str
     #: the flags derivation's input folders (its fingerprint)
@@ -106,6 +106,8 @@ class FlagSource:
 
     def aligned(self, sql: str) -> pa.Table:
         """The rows of ``sql`` (keyed by ``image_id``) in the frame's row order."""
+        if self.ids is None:
+            raise RuntimeError("an early flag input cannot align rows: they are not read yet")
         return align_rows(self.ids, self.catalog.query(sql))
 
 

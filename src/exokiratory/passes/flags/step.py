@@ -53,22 +53,17 @@ class FlagsDerivation(Derivation[PassParams]):
     def extra_views(self) -> dict[str, str]:
         return {"images_routed": IMAGES_ROUTED_SQL}
 
-    def _source(self, catalog: Catalog, ids: pa.ChunkedArray) -> FlagSource:
+    def _source(self, catalog: Catalog, ids: pa.ChunkedArray | None) -> FlagSource:
         return FlagSource(catalog, ids, self.dataset, self.inputs, self.params)
 
     def derive(self, catalog: Catalog) -> pa.Table:
-        nothing = "nothing is scanned yet: run `exokiratory scan` first"
+        if not catalog.scalar("SELECT count(*) FROM images"):
+            raise ValueError("nothing is scanned yet: run `exokiratory scan` first")
         if "features" not in catalog.views:
-            if not catalog.scalar("SELECT count(*) FROM images"):
-                raise ValueError(nothing)
             raise RuntimeError("flags need PASS 1 features: run `exokiratory run sense` first")
         rules = flag_rules()
-        ids = catalog.query("SELECT image_id FROM images ORDER BY image_idx")["image_id"]
-        if not len(ids):
-            raise ValueError(nothing)
         # the early inputs (the near-duplicate groups) peak before the whole input table is read
-        inputs = load_inputs(rules, self._source(catalog, ids), early=True)
-        del ids
+        inputs = load_inputs(rules, self._source(catalog, None), early=True)
         table = catalog.query(flags_input_sql(feature_columns(rules)))  # one row per image
         inputs |= load_inputs(rules, self._source(catalog, table["image_id"]), early=False)
         return derive_flags(

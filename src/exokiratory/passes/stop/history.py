@@ -187,13 +187,6 @@ def _slices(
         offset = end
 
 
-def _joined(keys: pa.Array) -> pa.Buffer:
-    """The UTF-8 bytes of ``"\\n".join(keys)`` (one Arrow kernel, no Python strings)."""
-    lists = pa.ListArray.from_arrays(pa.array([0, len(keys)], pa.int32()), keys)
-    joined = pc.binary_join(lists, "\n")
-    return joined[0].as_buffer() or pa.py_buffer(b"")
-
-
 def stream_digests(path: str, runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     """:func:`signal_digests` of a local Parquet file of snapshot rows sorted by (signal, key)
     whose signals span ``runs``, streamed: one pass per column, one hasher per signal."""
@@ -208,7 +201,7 @@ def stream_digests(path: str, runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     started: set[str] = set()
     for sig, keys in column("key"):  # "\n" between keys, also across batches
         hashers[sig].update(b"\n" if sig in started else b"")
-        hashers[sig].update(_joined(keys))
+        update_joined(hashers[sig], keys, "\n")
         started.add(sig)
     hashers = _hash_values(column("value"), hashers)
     for sig, scores in column("score"):
